@@ -1,0 +1,73 @@
+"""Backend choice, made at forward time from the input tensor.
+
+Nothing here runs at import: `import fastlstm` probes no hardware and does not
+import Triton. The Triton backend is imported the first time it is chosen.
+"""
+import importlib.util
+import os
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "jit", "triton", "reference")
+
+
+def check_backend_name(name: object) -> str:
+    """Return `name` if it is a known backend, else raise a ValueError naming it."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(
+            f"unknown backend {name!r}; expected one of {', '.join(map(repr, BACKENDS))}"
+        )
+    return name
+
+
+def triton_unavailable_reason(x: Tensor) -> Optional[str]:
+    """Why the Triton backend cannot run on `x`, or None when it can."""
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if x.device.type == "cpu" and not interpret:
+        return (
+            "the input is on the CPU, where Triton kernels run only under the "
+            "interpreter (set TRITON_INTERPRET=1 before importing fastlstm); "
+            "use backend='jit' for CPU tensors"
+        )
+    if x.device.type not in ("cpu", "cuda"):
+        return f"Triton does not run on device type {x.device.type!r}"
+    if importlib.util.find_spec("triton") is None:
+        return "the 'triton' package is not installed (pip install triton)"
+    return None
+
+
+def available_backends(x: Tensor) -> list:
+    """The backend names that can run on `x` (always includes 'jit' and 'reference')."""
+    names = ["auto", "jit", "reference"]
+    if triton_unavailable_reason(x) is None:
+        names.insert(2, "triton")
+    return names
+
+
+def resolve_backend(name: str, x: Tensor) -> Callable:
+    """Return the layer primitive (see `fastlstm.backends`) that runs `x` for `name`."""
+    check_backend_name(name)
+    if name == "auto":
+        name = "jit"
+        if x.device.type == "cuda" and x.dtype != torch.float64 and triton_unavailable_reason(x) is None:
+            name = "triton"
+    if name == "triton":
+        reason = triton_unavailable_reason(x)
+        if reason is not None:
+            raise RuntimeError(
+                f"backend 'triton' cannot run here: {reason}. "
+                f"Available here: {', '.join(map(repr, available_backends(x)))}"
+            )
+        from .backends.triton import lstm_layer_triton
+
+        return lstm_layer_triton
+    if name == "jit":
+        from .backends.jit import lstm_layer_jit
+
+        return lstm_layer_jit
+    from .backends.reference import lstm_layer_reference
+
+    return lstm_layer_reference
+

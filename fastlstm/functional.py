@@ -1,0 +1,191 @@
+"""The functional entry point: layers, directions, projection and packing.
+
+`lstm` takes the same arguments as `torch._VF.lstm` (the function behind
+`torch.nn.LSTM.forward`) and composes them on top of one backend's layer
+primitive (see `fastlstm.backends`): one layer, one direction, time-major.
+
+- Layers run one after another; between them, in training mode, dropout is
+  applied to the layer output exactly where and how `nn.LSTM` applies it (the
+  same shape and the same random stream), so seeded runs match.
+- The reverse direction runs the same primitive on the input reversed in time,
+  each sequence within its own length, and reverses the output back.
+- Packed input is unpacked once into a zero-padded, time-major tensor in the
+  PackedSequence's sorted order; its `batch_sizes` tell the primitive which
+  rows are live at each step.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._dispatch import resolve_backend
+from .backends.reference import lstm_layer_reference
+
+
+def lstm(
+    input: Tensor,
+    hx: Tuple[Tensor, Tensor],
+    weights: Sequence[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool = False,
+    *,
+    batch_sizes: Optional[Tensor] = None,
+    backend: str = "auto",
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """A multi-layer LSTM, with the arguments of `torch._VF.lstm`.
+
+    Args:
+        input: (T, B, I), or (B, T, I) with `batch_first`; with `batch_sizes`,
+            the packed data (N, I) of a PackedSequence.
+        hx: (h0, c0), of shapes (L*D, B, R) and (L*D, B, H); D = 2 if
+            bidirectional, R = proj_size or H. With `batch_sizes`, B is the
+            largest batch and rows are in the PackedSequence's sorted order.
+        weights: per layer and direction, in `nn.LSTM._flat_weights` order:
+            w_ih (4H, I), w_hh (4H, R), [b_ih (4H,), b_hh (4H,)], [w_hr (R, H)].
+        batch_sizes: a PackedSequence's batch_sizes (CPU int64), or None.
+        backend: "auto", "jit", "triton" or "reference".
+
+    Returns:
+        (output, h_n, c_n): output (T, B, D*R) (batch-first if asked; packed
+        data (N, D*R) with `batch_sizes`), h_n (L*D, B, R), c_n (L*D, B, H).
+
+    Example:
+        >>> m = torch.nn.LSTM(3, 4)
+        >>> out, h, c = lstm(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4),) * 2,
+        ...                  m._flat_weights, True, 1, 0.0, False, False)
+    """
+    h0, c0 = hx
+    num_directions = 2 if bidirectional else 1
+    groups = _weight_groups(weights, has_biases, num_layers * num_directions)
+
+    if batch_sizes is not None:
+        batch_sizes = batch_sizes.to(device="cpu", dtype=torch.int64)
+        live = _live_mask(batch_sizes, input.device)
+        x = _unpack(input, live)
+    else:
+        live = None
+        x = input.transpose(0, 1) if batch_first else input
+
+    layer = resolve_backend(backend, x)
+    if x.shape[1] == 0:
+        # An empty batch: nothing to fuse; the reference loop gets shapes and
+        # (zero) gradients right for every backend.
+        layer = lstm_layer_reference
+    reverse_index = _reverse_index(batch_sizes, x.shape[0], x.shape[1], x.device) if bidirectional else None
+
+    h_n: List[Tensor] = []
+    c_n: List[Tensor] = []
+    for k in range(num_layers):
+        outputs = []
+        for d in range(num_directions):
+            idx = k * num_directions + d
+            w_ih, w_hh, b_ih, b_hh, w_hr = groups[idx]
+            if d == 0:
+                out, h, c = layer(x, h0[idx], c0[idx], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+            else:
+                x_rev = _reverse(x, reverse_index)
+                out, h, c = layer(x_rev, h0[idx], c0[idx], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+                out = _reverse(out, reverse_index)
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        x = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
+        if dropout > 0 and train and k < num_layers - 1:
+            # nn.LSTM drops on the packed data when the input is packed, so the
+            # random stream lines up only if we do the same.
+            if live is None:
+                x = F.dropout(x, dropout, True)
+            else:
+                x = _unpack(F.dropout(x[live], dropout, True), live)
+
+    if live is not None:
+        output = x[live]
+    else:
+        output = x.transpose(0, 1) if batch_first else x
+    return output, torch.stack(h_n), torch.stack(c_n)
+
+
+def lstm_cell(
+    input: Tensor,
+    hx: Tuple[Tensor, Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    *,
+    backend: str = "auto",
+) -> Tuple[Tensor, Tensor]:
+    """One LSTM step, with the arguments of `torch.lstm_cell`.
+
+    Shapes: input (B, I), hx = (h (B, H), c (B, H)), w_ih (4H, I), w_hh (4H, H),
+    biases (4H,) or None. Returns (h', c'), each (B, H).
+
+    Example:
+        >>> cell = torch.nn.LSTMCell(3, 4)
+        >>> h, c = lstm_cell(torch.randn(2, 3), (torch.zeros(2, 4),) * 2,
+        ...                  cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    """
+    h0, c0 = hx
+    x = input.unsqueeze(0)
+    layer = resolve_backend(backend, x)
+    _, h, c = layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, None)
+    return h, c
+
+
+def _weight_groups(weights: Sequence[Tensor], has_biases: bool, count: int):
+    """Split the flat weight list into (w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction."""
+    weights = list(weights)
+    if count <= 0 or len(weights) % count != 0:
+        raise ValueError(
+            f"weights: expected a multiple of {count} tensors (one group per layer and "
+            f"direction), got {len(weights)}"
+        )
+    per = len(weights) // count
+    expected = (4, 5) if has_biases else (2, 3)
+    if per not in expected:
+        raise ValueError(
+            f"weights: expected {expected[0]} or {expected[1]} tensors per layer and "
+            f"direction (has_biases={has_biases}), got {per}"
+        )
+    groups = []
+    for n in range(count):
+        g = weights[n * per:(n + 1) * per]
+        w_ih, w_hh = g[0], g[1]
+        b_ih, b_hh = (g[2], g[3]) if has_biases else (None, None)
+        w_hr = g[-1] if per in (3, 5) else None
+        groups.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+    return groups
+
+
+def _live_mask(batch_sizes: Tensor, device: torch.device) -> Tensor:
+    """(T, B) bool: row b is live at step t. Its True entries, read in row-major
+    order, are the PackedSequence's data rows in order."""
+    rows = torch.arange(int(batch_sizes[0]))
+    return (rows.unsqueeze(0) < batch_sizes.unsqueeze(1)).to(device)
+
+
+def _unpack(data: Tensor, live: Tensor) -> Tensor:
+    """Packed data (N, F) -> zero-padded (T, B, F), differentiably."""
+    padded = data.new_zeros(live.shape[0], live.shape[1], data.shape[-1])
+    return padded.masked_scatter(live.unsqueeze(-1), data)
+
+
+def _reverse_index(batch_sizes: Optional[Tensor], T: int, B: int, device: torch.device) -> Optional[Tensor]:
+    """Time index that reverses each sequence within its own length (None: plain flip)."""
+    if batch_sizes is None:
+        return None
+    lengths = (batch_sizes.unsqueeze(1) > torch.arange(B).unsqueeze(0)).sum(0)  # (B,)
+    t = torch.arange(T).unsqueeze(1)
+    index = torch.where(t < lengths, lengths - 1 - t, t)  # dead steps map to themselves
+    return index.to(device)
+
+
+def _reverse(x: Tensor, index: Optional[Tensor]) -> Tensor:
+    if index is None:
+        return x.flip(0)
+    return x.gather(0, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -1,0 +1,240 @@
+"""`fastlstm.LSTM` and `fastlstm.LSTMCell`: drop-ins for the torch.nn modules.
+
+Both subclass their torch.nn counterparts, so constructor arguments, defaults,
+parameter names, shapes, registration order, initialisation, `state_dict`s
+and `isinstance` checks are exactly torch's. Only `forward` differs: it runs
+a fastlstm backend instead of torch's LSTM kernels.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+from ._dispatch import check_backend_name
+
+
+class LSTM(nn.LSTM):
+    """A drop-in for `torch.nn.LSTM`, computed by a fastlstm backend.
+
+    Takes the arguments of `torch.nn.LSTM` plus the keyword `backend`:
+    "auto" (Triton for CUDA tensors when it can run, else "jit"), "jit"
+    (TorchScript, the CPU default), "triton" or "reference" (a plain loop).
+    float64 on CUDA runs on "jit" under "auto".
+
+    Shapes: input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a
+    PackedSequence; hx = (h_0 (L*D, B, R), c_0 (L*D, B, H)), optional.
+    Returns output (T, B, D*R) and (h_n, c_n), as `torch.nn.LSTM` does.
+
+    Example:
+        >>> lstm = LSTM(10, 20, num_layers=2)
+        >>> out, (h, c) = lstm(torch.randn(5, 3, 10))
+        >>> out.shape, h.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        self.backend = check_backend_name(backend)
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            proj_size=proj_size,
+            device=device,
+            dtype=dtype,
+        )
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        packed = isinstance(input, PackedSequence)
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        is_batched = True
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch = int(batch_sizes[0])
+            x = data
+        else:
+            if not isinstance(input, Tensor):
+                raise TypeError(
+                    f"LSTM: expected input to be a Tensor or a PackedSequence, got {type(input).__name__}"
+                )
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batch_sizes = sorted_indices = unsorted_indices = None
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            x = input if is_batched else input.unsqueeze(batch_dim)
+            max_batch = x.size(batch_dim)
+
+        if hx is None:
+            shape = (self.num_layers * num_directions, max_batch)
+            hx = (
+                torch.zeros(*shape, real_hidden_size, dtype=x.dtype, device=x.device),
+                torch.zeros(*shape, self.hidden_size, dtype=x.dtype, device=x.device),
+            )
+        else:
+            _check_hx_pair(hx, "LSTM")
+            if not packed:
+                want = 3 if is_batched else 2
+                if hx[0].dim() != want or hx[1].dim() != want:
+                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                    raise RuntimeError(
+                        f"For {kind} input, hx and cx should also be {want}-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                    )
+                if not is_batched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        self.check_forward_args(x, hx, batch_sizes)
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        _check_devices_and_dtypes(x, hx, weights[0])
+        if x.size(1 if (self.batch_first and not packed) else 0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        hx = self.permute_hidden(hx, sorted_indices)
+
+        output, h_n, c_n = functional.lstm(
+            x,
+            hx,
+            weights,
+            self.bias,
+            self.num_layers,
+            float(self.dropout),
+            self.training,
+            self.bidirectional,
+            self.batch_first,
+            batch_sizes=batch_sizes,
+            backend=self.backend,
+        )
+        if packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output, self.permute_hidden((h_n, c_n), unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, (h_n, c_n)
+
+
+class LSTMCell(nn.LSTMCell):
+    """A drop-in for `torch.nn.LSTMCell`, computed by a fastlstm backend.
+
+    Shapes: input (B, I) or (I,) unbatched; hx = (h (B, H), c (B, H)), optional.
+    Returns (h', c') of the same batchedness.
+
+    Example:
+        >>> cell = LSTMCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10))
+        >>> h.shape
+        torch.Size([3, 20])
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        self.backend = check_backend_name(backend)
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        if not isinstance(input, Tensor):
+            raise TypeError(f"LSTMCell: expected input to be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            _check_hx_pair(hx, "LSTMCell")
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
+                    )
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        if x.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(
+                f"LSTMCell input dtype ({x.dtype}) does not match weight dtype ({self.weight_ih.dtype}). "
+                f"Convert input: input.to({self.weight_ih.dtype}), or convert model: model.to({x.dtype})"
+            )
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
+        for idx, value in enumerate(hx):
+            if value.dim() != 2 or value.size(0) != x.size(0):
+                raise RuntimeError(
+                    f"Input batch size {x.size(0)} doesn't match hidden{idx} batch size "
+                    f"{value.size(0) if value.dim() == 2 else list(value.shape)}"
+                )
+            if value.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{idx} has inconsistent hidden_size: got {value.size(1)}, expected {self.hidden_size}"
+                )
+        _check_devices_and_dtypes(x, hx, self.weight_ih)
+        h, c = functional.lstm_cell(
+            x, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, backend=self.backend
+        )
+        if not is_batched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+def _check_hx_pair(hx, who: str) -> None:
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+        got = type(hx).__name__
+        if isinstance(hx, (tuple, list)):
+            got = f"{got} of {len(hx)} " + ", ".join(type(t).__name__ for t in hx)
+        raise TypeError(f"{who}: hx must be a tuple (h_0, c_0) of two Tensors, got {got}")
+
+
+def _check_devices_and_dtypes(x: Tensor, hx: Tuple[Tensor, Tensor], weight: Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"LSTM input must be a floating point tensor, got {x.dtype}")
+    if x.device != weight.device:
+        raise RuntimeError(
+            "Input and parameter tensors are not at the same device, found input tensor at "
+            f"{x.device} and parameter tensor at {weight.device}"
+        )
+    for name, t in zip(("h_0", "c_0"), hx):
+        if t.device != x.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{x.device} and hidden tensor ({name}) at {t.device}"
+            )
+        if t.dtype != x.dtype:
+            raise RuntimeError(
+                "Input and hidden tensors are not the same dtype, found input tensor with "
+                f"{x.dtype} and hidden tensor ({name}) with {t.dtype}"
+            )

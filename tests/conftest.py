@@ -1,0 +1,33 @@
+"""Test set-up shared by every test file.
+
+TRITON_INTERPRET must be set before any `@triton.jit` function is defined,
+that is before `fastlstm.kernels` is first imported, so it is set here, at
+collection time. On a machine with a GPU, run with FASTLSTM_TEST_NATIVE=1 to
+test the compiled kernels instead of the interpreter.
+"""
+import os
+
+if os.environ.get("FASTLSTM_TEST_NATIVE", "0") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,124 @@
+"""Shared test helpers: run an LSTM on given inputs and collect every output and
+gradient by name, so two runs can be compared name by name."""
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# (atol, rtol) against a float64 nn.LSTM, by the dtype the tested module runs in.
+TOLERANCES = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (2e-5, 1e-4),
+    torch.bfloat16: (5e-2, 5e-2),
+    torch.float16: (1e-2, 1e-2),
+}
+
+
+def triton_can_run_here() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return INTERPRETED or torch.cuda.is_available()
+
+
+@dataclass
+class Case:
+    """One drawn LSTM configuration and its inputs (time-major, float64)."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    bidirectional: bool = False
+    proj_size: int = 0
+    unbatched: bool = False
+    packed: Optional[str] = None  # None, "sorted" or "unsorted"
+    with_hx: bool = True
+    train: bool = False
+    dropout: float = 0.0
+    seq_len: int = 4
+    batch: int = 2
+    lengths: List[int] = field(default_factory=list)
+    seed: int = 0
+
+    def kwargs(self) -> dict:
+        return dict(
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            bidirectional=self.bidirectional,
+            proj_size=self.proj_size,
+        )
+
+    def make_inputs(self):
+        g = torch.Generator().manual_seed(self.seed)
+        D = 2 if self.bidirectional else 1
+        R = self.proj_size or self.hidden_size
+        B = 1 if self.unbatched else self.batch
+        x = torch.randn(self.seq_len, B, self.input_size, generator=g, dtype=torch.float64)
+        h0 = torch.randn(self.num_layers * D, B, R, generator=g, dtype=torch.float64)
+        c0 = torch.randn(self.num_layers * D, B, self.hidden_size, generator=g, dtype=torch.float64)
+        return x, h0, c0
+
+
+def run(module, case: Case, dtype, x, h0, c0) -> Dict[str, torch.Tensor]:
+    """Forward and backward `module` on the case; return every output and gradient
+    (as float64) keyed by name. Output gradients are random but seeded."""
+    module.train(case.train)
+    x = x.to(dtype)
+    if case.unbatched:
+        x = x[:, 0]
+    if case.batch_first and not case.unbatched:
+        x = x.transpose(0, 1)
+    x = x.detach().clone().requires_grad_(True)
+    inp = x
+    if case.packed is not None:
+        inp = pack_padded_sequence(
+            x, torch.tensor(case.lengths), batch_first=case.batch_first,
+            enforce_sorted=case.packed == "sorted",
+        )
+    hx = None
+    leaves = {"input": x}
+    if case.with_hx:
+        h, c = h0.to(dtype), c0.to(dtype)
+        if case.unbatched:
+            h, c = h[:, 0], c[:, 0]
+        h = h.detach().clone().requires_grad_(True)
+        c = c.detach().clone().requires_grad_(True)
+        hx = (h, c)
+        leaves.update(h0=h, c0=c)
+
+    torch.manual_seed(case.seed + 1)  # the dropout stream
+    out, (h_n, c_n) = module(inp, hx)
+    out_data = out.data if isinstance(out, PackedSequence) else out
+    g = torch.Generator().manual_seed(case.seed + 2)
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(dtype) for t in (out_data, h_n, c_n)]
+    loss = sum((t * gt).sum() for t, gt in zip((out_data, h_n, c_n), grads))
+    params = dict(module.named_parameters())
+    loss.backward()
+    result = {"out": out_data, "h_n": h_n, "c_n": c_n}
+    if isinstance(out, PackedSequence):
+        result["batch_sizes"] = out.batch_sizes
+    for name, t in {**leaves, **params}.items():
+        result[f"grad_{name}"] = t.grad
+    return {k: (v.detach().double() if v is not None else None) for k, v in result.items()}
+
+
+def assert_same(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], dtype, what: str = "") -> None:
+    atol, rtol = TOLERANCES[dtype]
+    assert got.keys() == want.keys(), f"{what}: names differ: {sorted(got)} vs {sorted(want)}"
+    for name in want:
+        a, b = got[name], want[name]
+        if b is None:
+            assert a is None or not a.any(), f"{what}: {name} should have no gradient"
+            continue
+        assert a is not None, f"{what}: {name} is missing (no gradient reached it)"
+        assert a.shape == b.shape, f"{what}: {name} has shape {tuple(a.shape)}, expected {tuple(b.shape)}"
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {name}: {m}")
