@@ -1,0 +1,131 @@
+"""Bad input raises what torch.nn raises: same exception type, same message.
+
+Where torch.nn's own error is unhelpful (an IndexError, a message from deep in
+a kernel), fastlstm raises a clear error naming the argument instead, and the
+test says so.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastlstm
+
+I, H = 10, 20
+
+
+def _raised(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the point is to capture any exception
+        return type(e), str(e)
+    return None, None
+
+
+# Each case builds a module from the given class and calls it badly.
+LSTM_CASES = {
+    "rank 4": lambda cls: cls(I, H)(torch.randn(2, 3, 4, I)),
+    "rank 1": lambda cls: cls(I, H)(torch.randn(I)),
+    "feature size": lambda cls: cls(I, H)(torch.randn(5, 3, I + 1)),
+    "unbatched feature size": lambda cls: cls(I, H)(torch.randn(5, I - 1)),
+    "h0 batch": lambda cls: cls(I, H)(torch.randn(5, 3, I), (torch.zeros(1, 2, H), torch.zeros(1, 3, H))),
+    "c0 batch": lambda cls: cls(I, H)(torch.randn(5, 3, I), (torch.zeros(1, 3, H), torch.zeros(1, 2, H))),
+    "h0 size": lambda cls: cls(I, H)(torch.randn(5, 3, I), (torch.zeros(1, 3, H + 1), torch.zeros(1, 3, H))),
+    "h0 layers": lambda cls: cls(I, H, num_layers=2)(torch.randn(5, 3, I), (torch.zeros(1, 3, H),) * 2),
+    "proj h0 size": lambda cls: cls(I, H, proj_size=4)(torch.randn(5, 3, I), (torch.zeros(1, 3, H), torch.zeros(1, 3, H))),
+    "batched input, 2-D hx": lambda cls: cls(I, H)(torch.randn(5, 3, I), (torch.zeros(3, H),) * 2),
+    "unbatched input, 3-D hx": lambda cls: cls(I, H)(torch.randn(5, I), (torch.zeros(1, 1, H),) * 2),
+    "input dtype": lambda cls: cls(I, H)(torch.randn(5, 3, I, dtype=torch.float64)),
+    "integer input": lambda cls: cls(I, H)(torch.ones(5, 3, I, dtype=torch.int64)),
+    "batch_first feature size": lambda cls: cls(I, H, batch_first=True)(torch.randn(3, 5, I + 2)),
+    "empty sequence": lambda cls: cls(I, H)(torch.randn(0, 3, I)),
+    "dropout > 1": lambda cls: cls(I, H, dropout=1.5),
+    "negative proj_size": lambda cls: cls(I, H, proj_size=-1),
+    "proj_size >= hidden": lambda cls: cls(I, H, proj_size=H),
+    "zero hidden": lambda cls: cls(I, 0),
+    "zero layers": lambda cls: cls(I, H, num_layers=0),
+    "float hidden": lambda cls: cls(I, 2.5),
+}
+
+CELL_CASES = {
+    "rank 3": lambda cls: cls(I, H)(torch.randn(2, 3, I)),
+    "feature size": lambda cls: cls(I, H)(torch.randn(3, I + 1)),
+    "hx batch": lambda cls: cls(I, H)(torch.randn(3, I), (torch.zeros(2, H), torch.zeros(2, H))),
+    "h size": lambda cls: cls(I, H)(torch.randn(3, I), (torch.zeros(3, 5), torch.zeros(3, H))),
+    "c size": lambda cls: cls(I, H)(torch.randn(3, I), (torch.zeros(3, H), torch.zeros(3, 5))),
+    "hx rank 3": lambda cls: cls(I, H)(torch.randn(3, I), (torch.zeros(1, 3, H),) * 2),
+}
+
+
+@pytest.mark.parametrize("case", list(LSTM_CASES), ids=list(LSTM_CASES))
+def test_lstm_errors_match_torch(case):
+    want = _raised(lambda: LSTM_CASES[case](torch.nn.LSTM))
+    got = _raised(lambda: LSTM_CASES[case](fastlstm.LSTM))
+    assert want[0] is not None, f"{case}: torch.nn.LSTM accepted it"
+    assert got == want, f"{case}: fastlstm raised {got}, torch raised {want}"
+
+
+@pytest.mark.parametrize("case", list(CELL_CASES), ids=list(CELL_CASES))
+def test_cell_errors_match_torch(case):
+    want = _raised(lambda: CELL_CASES[case](torch.nn.LSTMCell))
+    got = _raised(lambda: CELL_CASES[case](fastlstm.LSTMCell))
+    assert want[0] is not None, f"{case}: torch.nn.LSTMCell accepted it"
+    assert got == want, f"{case}: fastlstm raised {got}, torch raised {want}"
+
+
+@pytest.mark.parametrize(
+    "hx, fragment",
+    [
+        (torch.zeros(1, 3, H), "got Tensor"),
+        ([torch.zeros(1, 3, H)], "got list of 1 Tensor"),
+        ((torch.zeros(1, 3, H), None), "got tuple of 2 Tensor, NoneType"),
+    ],
+    ids=["tensor", "list of one", "None inside"],
+)
+def test_hx_not_a_pair_is_a_clear_type_error(hx, fragment):
+    # torch.nn.LSTM raises IndexError here; fastlstm names the argument.
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\)") as info:
+        fastlstm.LSTM(I, H)(torch.randn(5, 3, I), hx)
+    assert fragment in str(info.value)
+
+
+def test_hx_dtype_mismatch_is_named():
+    # torch.nn.LSTM fails inside oneDNN ("get_mkldnn_dtype: unsupported data type").
+    with pytest.raises(RuntimeError, match=r"hidden tensor \(h_0\) with torch.float64"):
+        fastlstm.LSTM(I, H)(torch.randn(5, 3, I), (torch.zeros(1, 3, H, dtype=torch.float64), torch.zeros(1, 3, H)))
+
+
+def test_device_mismatch_is_named():
+    m = fastlstm.LSTM(I, H)
+    with pytest.raises(RuntimeError, match="not at the same device"):
+        m(torch.randn(5, 3, I), (torch.zeros(1, 3, H, device="meta"), torch.zeros(1, 3, H)))
+    with pytest.raises(RuntimeError, match="Input and parameter tensors are not at the same device"):
+        m(torch.randn(5, 3, I, device="meta"))
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown backend 'cudnn'.*'auto', 'jit', 'triton', 'reference'"):
+        fastlstm.LSTM(I, H, backend="cudnn")
+    with pytest.raises(ValueError, match="unknown backend"):
+        fastlstm.LSTMCell(I, H, backend=None)
+    with pytest.raises(ValueError, match="unknown backend"):
+        fastlstm.functional.lstm_cell(
+            torch.randn(2, I), (torch.zeros(2, H),) * 2, torch.randn(4 * H, I), torch.randn(4 * H, H), backend="x"
+        )
+
+
+def test_triton_on_cpu_without_interpreter_says_why():
+    code = (
+        "import torch, fastlstm\n"
+        "m = fastlstm.LSTM(3, 4, backend='triton')\n"
+        "try:\n"
+        "    m(torch.randn(2, 1, 3))\n"
+        "except RuntimeError as e:\n"
+        "    print('RAISED', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "RAISED backend 'triton' cannot run here" in out.stdout, out.stdout + out.stderr
+    assert "TRITON_INTERPRET=1" in out.stdout and "'jit'" in out.stdout
