@@ -9,8 +9,8 @@ is chosen in `forward` from the input's device (see `fastlstm._dispatch`).
 """
 from . import functional
 from ._dispatch import BACKENDS, available_backends
-from .modules import LSTM, LSTMCell
+from .modules import LSTM, LSTMCell, convert
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "LSTMCell", "functional", "BACKENDS", "available_backends", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "convert", "functional", "BACKENDS", "available_backends", "__version__"]

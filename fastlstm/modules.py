@@ -67,6 +67,21 @@ class LSTM(nn.LSTM):
         s = super().extra_repr()
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
+    @classmethod
+    def from_torch(cls, module: nn.LSTM, backend: str = "auto") -> "LSTM":
+        """A fastlstm.LSTM with `module`'s settings, and its very parameters (shared, not copied).
+
+        Example:
+            >>> fast = LSTM.from_torch(torch.nn.LSTM(10, 20, batch_first=True))
+        """
+        if not isinstance(module, nn.LSTM):
+            raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}")
+        return _rebuild(cls, module, _lstm_settings(module), backend=backend)
+
+    def to_torch(self) -> nn.LSTM:
+        """A plain torch.nn.LSTM with this module's settings and parameters (shared)."""
+        return _rebuild(nn.LSTM, self, _lstm_settings(self))
+
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
         packed = isinstance(input, PackedSequence)
         num_directions = 2 if self.bidirectional else 1
@@ -166,6 +181,17 @@ class LSTMCell(nn.LSTMCell):
         s = super().extra_repr()
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
+    @classmethod
+    def from_torch(cls, module: nn.LSTMCell, backend: str = "auto") -> "LSTMCell":
+        """A fastlstm.LSTMCell with `module`'s settings and parameters (shared, not copied)."""
+        if not isinstance(module, nn.LSTMCell):
+            raise TypeError(f"from_torch: expected a torch.nn.LSTMCell, got {type(module).__name__}")
+        return _rebuild(cls, module, _cell_settings(module), backend=backend)
+
+    def to_torch(self) -> nn.LSTMCell:
+        """A plain torch.nn.LSTMCell with this module's settings and parameters (shared)."""
+        return _rebuild(nn.LSTMCell, self, _cell_settings(self))
+
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
         if not isinstance(input, Tensor):
             raise TypeError(f"LSTMCell: expected input to be a Tensor, got {type(input).__name__}")
@@ -238,3 +264,60 @@ def _check_devices_and_dtypes(x: Tensor, hx: Tuple[Tensor, Tensor], weight: Tens
                 "Input and hidden tensors are not the same dtype, found input tensor with "
                 f"{x.dtype} and hidden tensor ({name}) with {t.dtype}"
             )
+
+
+def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Replace every torch.nn.LSTM and nn.LSTMCell in `model` with fastlstm's, in place.
+
+    Recursive; the new modules share the old ones' parameters and settings
+    (and train/eval mode). A module that is already a fastlstm one is left
+    as it is. Returns `model` (itself converted when it is an LSTM).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.LSTM(10, 20))
+        >>> convert(model)[0]
+        LSTM(10, 20)
+    """
+    check_backend_name(backend)
+    swapped = _swap(model, backend)
+    if swapped is not None:
+        return swapped
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            new = _swap(child, backend)
+            if new is not None:
+                setattr(parent, name, new)
+    return model
+
+
+def _swap(module: nn.Module, backend: str) -> Optional[nn.Module]:
+    if isinstance(module, (LSTM, LSTMCell)):
+        return None
+    if type(module) is nn.LSTM:
+        return LSTM.from_torch(module, backend=backend)
+    if type(module) is nn.LSTMCell:
+        return LSTMCell.from_torch(module, backend=backend)
+    return None
+
+
+def _lstm_settings(m: nn.LSTM) -> dict:
+    return dict(
+        input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers, bias=m.bias,
+        batch_first=m.batch_first, dropout=float(m.dropout), bidirectional=m.bidirectional,
+        proj_size=m.proj_size,
+    )
+
+
+def _cell_settings(m: nn.LSTMCell) -> dict:
+    return dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)
+
+
+def _rebuild(cls, old: nn.Module, settings: dict, **extra) -> nn.Module:
+    """Build `cls` on the meta device (no init cost), then adopt `old`'s parameters."""
+    new = cls(**settings, device="meta", **extra)
+    for name, _ in list(new.named_parameters(recurse=False)):
+        setattr(new, name, getattr(old, name))
+    if isinstance(new, nn.LSTM):
+        new._init_flat_weights()
+    new.train(old.training)
+    return new
