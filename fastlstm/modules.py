@@ -5,6 +5,7 @@ parameter names, shapes, registration order, initialisation, `state_dict`s
 and `isinstance` checks are exactly torch's. Only `forward` differs: it runs
 a fastlstm backend instead of torch's LSTM kernels.
 """
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -124,24 +125,26 @@ class LSTM(nn.LSTM):
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         self.check_forward_args(x, hx, batch_sizes)
         weights = [getattr(self, name) for name in self._flat_weights_names]
+        x, hx, weights, autocast_off = _autocast_inputs(x, hx, weights)
         _check_devices_and_dtypes(x, hx, weights[0])
         if x.size(1 if (self.batch_first and not packed) else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         hx = self.permute_hidden(hx, sorted_indices)
 
-        output, h_n, c_n = functional.lstm(
-            x,
-            hx,
-            weights,
-            self.bias,
-            self.num_layers,
-            float(self.dropout),
-            self.training,
-            self.bidirectional,
-            self.batch_first,
-            batch_sizes=batch_sizes,
-            backend=self.backend,
-        )
+        with autocast_off:
+            output, h_n, c_n = functional.lstm(
+                x,
+                hx,
+                weights,
+                self.bias,
+                self.num_layers,
+                float(self.dropout),
+                self.training,
+                self.bidirectional,
+                self.batch_first,
+                batch_sizes=batch_sizes,
+                backend=self.backend,
+            )
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
             return output, self.permute_hidden((h_n, c_n), unsorted_indices)
@@ -211,6 +214,8 @@ class LSTMCell(nn.LSTMCell):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        x, hx, weights, autocast_off = _autocast_inputs(x, hx, weights)
         if x.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(
                 f"LSTMCell input dtype ({x.dtype}) does not match weight dtype ({self.weight_ih.dtype}). "
@@ -228,13 +233,38 @@ class LSTMCell(nn.LSTMCell):
                 raise RuntimeError(
                     f"hidden{idx} has inconsistent hidden_size: got {value.size(1)}, expected {self.hidden_size}"
                 )
-        _check_devices_and_dtypes(x, hx, self.weight_ih)
-        h, c = functional.lstm_cell(
-            x, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, backend=self.backend
-        )
+        _check_devices_and_dtypes(x, hx, weights[0])
+        with autocast_off:
+            h, c = functional.lstm_cell(x, hx, *weights, backend=self.backend)
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
+
+
+def _autocast_inputs(x: Tensor, hx, weights):
+    """Under autocast, run in the autocast dtype, as torch.nn.LSTM does.
+
+    Inputs, states and weights are cast once (differentiably, so fp32 master
+    weights get their gradients); the backend then runs with autocast off and
+    keeps its own fp32 state and accumulation. Returns a context that turns
+    autocast off (a no-op context when autocast is not on).
+    """
+    device_type = x.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return x, hx, weights, contextlib.nullcontext()
+    dtype = torch.get_autocast_dtype(device_type)
+    if not x.is_floating_point():
+        return x, hx, weights, contextlib.nullcontext()
+
+    def cast(t):
+        return t.to(dtype) if t is not None and t.is_floating_point() else t
+
+    return (
+        cast(x),
+        tuple(cast(t) for t in hx),
+        [cast(w) for w in weights],
+        torch.autocast(device_type, enabled=False),
+    )
 
 
 def _check_hx_pair(hx, who: str) -> None:
