@@ -13,13 +13,15 @@ primitive (see `fastlstm.backends`): one layer, one direction, time-major.
   PackedSequence's sorted order; its `batch_sizes` tell the primitive which
   rows are live at each step.
 """
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._dispatch import resolve_backend
+from . import _ops
+from ._dispatch import check_backend_name, resolve_backend
 from .backends.reference import lstm_layer_reference
 
 
@@ -71,7 +73,7 @@ def lstm(
         live = None
         x = input.transpose(0, 1) if batch_first else input
 
-    layer = resolve_backend(backend, x)
+    layer = _layer_for(backend, x)
     if x.shape[1] == 0:
         # An empty batch: nothing to fuse; the reference loop gets shapes and
         # (zero) gradients right for every backend.
@@ -132,9 +134,18 @@ def lstm_cell(
     """
     h0, c0 = hx
     x = input.unsqueeze(0)
-    layer = resolve_backend(backend, x)
+    layer = _layer_for(backend, x)
     _, h, c = layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, None)
     return h, c
+
+
+def _layer_for(backend: str, x: Tensor):
+    """The layer primitive for `backend`; an opaque custom op while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        if check_backend_name(backend) == "reference":
+            return lstm_layer_reference
+        return functools.partial(_ops.lstm_layer, backend)
+    return resolve_backend(backend, x)
 
 
 def _weight_groups(weights: Sequence[Tensor], has_biases: bool, count: int):

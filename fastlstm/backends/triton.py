@@ -384,6 +384,19 @@ def lstm_layer_triton(
         >>> out.shape
         torch.Size([5, 2, 4])
     """
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    )
+    fn, args = _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save)
+    return fn.apply(*args)
+
+
+def _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save: bool):
+    """The autograd.Function and its arguments for one layer call.
+
+    `fastlstm._ops` calls the Function's forward and backward directly with
+    these (under torch.compile), so the two stay one code path.
+    """
     _check(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     lens = bs_list = None
     if batch_sizes is not None and x.shape[0] > 0:
@@ -391,7 +404,4 @@ def lstm_layer_triton(
         bs_list = [int(b) for b in batch_sizes.tolist()]
         lens_cpu = (batch_sizes.unsqueeze(1) > torch.arange(B).unsqueeze(0)).sum(0)
         lens = lens_cpu.to(device=x.device, dtype=torch.int32)
-    save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    )
-    return LSTMTritonFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, bs_list, save)
+    return LSTMTritonFunction, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, bs_list, save)
