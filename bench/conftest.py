@@ -1,0 +1,173 @@
+"""Options and parametrisation for the fastlstm benchmarks (pytest-benchmark).
+
+    make bench                                                 # the default grid, grouped by shape
+    pytest bench --benchmark-only --benchmark-group-by=param:shape
+    pytest bench --benchmark-only --bench-grid=large           # T to 4096, GPU shapes, bf16
+    pytest bench --benchmark-disable --bench-smoke -q          # CI: tiny shapes, seconds
+    pytest bench --benchmark-only --benchmark-autosave         # saves a run under bench/results/
+
+Axes: backend x shape, where a shape fixes sequence length T, batch B, input I,
+hidden H, dtype, device and mode (infer: forward under no_grad; train: forward
++ backward). Its id, e.g. `T256-B32-I128-H256-f32-train` (CUDA shapes start
+with `cuda-`), is the `shape` parameter, so `--benchmark-group-by=param:shape`
+puts the backends of one shape side by side.
+
+- default: CPU, B=32 I=128 H=256 float32, T in 16, 64, 256, 1024, both modes;
+  fastlstm "jit" against torch.nn.LSTM ("torch") and the tutorial loop.
+- large (`--bench-grid=large`, or FASTLSTM_BENCH_GRID=large; these cases are
+  marked `large`): adds T=4096 and other B/H on the CPU, CUDA shapes (B in
+  1, 16, 64; H in 256, 768, 1024; float32 and bfloat16; a T sweep to 4096 at
+  the FlashRNN paper's B=16 H=768 bf16), and every backend.
+- smoke (`--bench-smoke`, or FASTLSTM_BENCH_SMOKE=1): tiny shapes over every
+  backend, so that the suite collects and runs in seconds.
+`--bench-backends=a,b` restricts the backends. Unavailable backends (Triton and
+FlashRNN off CUDA, a backend that does not import) are skipped with a reason.
+"""
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import pytest
+import torch
+
+from fastlstm import profiler
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+DEFAULT_BACKENDS = ("torch", "jit", "tutorial")
+ALL_BACKENDS = ("torch", "jit", "triton", "tutorial", "scripted", "flashrnn")
+_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64}
+MODES = ("infer", "train")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmarked configuration; `id` names it (and is the `shape` parameter)."""
+
+    T: int
+    B: int
+    I: int  # noqa: E741 (the input size, named as in the docs' shapes)
+    H: int
+    dtype: str = "f32"
+    device: str = "cpu"
+    mode: str = "infer"
+    large: bool = False
+
+    @property
+    def id(self) -> str:
+        prefix = "" if self.device == "cpu" else f"{self.device}-"
+        return f"{prefix}T{self.T}-B{self.B}-I{self.I}-H{self.H}-{self.dtype}-{self.mode}"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+
+def _default_grid() -> List[Shape]:
+    return [Shape(T, 32, 128, 256, mode=m) for m in MODES for T in (16, 64, 256, 1024)]
+
+
+def _large_grid() -> List[Shape]:
+    cpu = [Shape(4096, 32, 128, 256, mode=m, large=True) for m in MODES]
+    cpu += [Shape(256, B, H, H, mode=m, large=True) for m in MODES for B in (1, 64) for H in (256, 1024)]
+    gpu = [Shape(1024, B, H, H, dt, "cuda", m, True)
+           for m in MODES for dt in ("bf16", "f32") for B in (1, 16, 64) for H in (256, 768, 1024)]
+    gpu += [Shape(T, 16, 768, 768, "bf16", "cuda", m, True) for m in MODES for T in (16, 64, 256, 4096)]
+    return cpu + gpu
+
+
+def _smoke_grid(large: bool) -> List[Shape]:
+    shapes = [Shape(T, 2, 3, 5, mode=m) for m in MODES for T in (3, 8)]
+    if large:
+        # Sizes kept to multiples of 16, which GPU kernels tend to require.
+        shapes += [Shape(8, 2, 16, 16, dt, "cuda", m) for m in MODES for dt in ("f32", "bf16")]
+    return shapes
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastlstm-bench", "fastlstm benchmarks")
+    group.addoption("--bench-grid", choices=["default", "large"],
+                    default=os.environ.get("FASTLSTM_BENCH_GRID", "default"),
+                    help="default: the small CPU comparison; large: long T, GPU shapes, bf16")
+    group.addoption("--bench-smoke", action="store_true",
+                    default=os.environ.get("FASTLSTM_BENCH_SMOKE", "0") == "1",
+                    help="tiny shapes so the whole suite runs in seconds (use with --benchmark-disable)")
+    group.addoption("--bench-backends", default=None,
+                    help="comma list of backends to run, from " + ", ".join(ALL_BACKENDS))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # Saved runs (--benchmark-save / --benchmark-autosave) go to bench/results
+    # unless a storage is named. tryfirst: before pytest-benchmark reads it.
+    if getattr(config.option, "benchmark_storage", None) == "file://./.benchmarks":
+        config.option.benchmark_storage = "file://" + RESULTS
+
+
+def _selected(config) -> Dict[str, object]:
+    large = config.getoption("--bench-grid") == "large"
+    smoke = config.getoption("--bench-smoke")
+    if smoke:
+        shapes = _smoke_grid(large)
+        backends = ALL_BACKENDS
+    else:
+        shapes = _default_grid() + (_large_grid() if large else [])
+        backends = ALL_BACKENDS if large else DEFAULT_BACKENDS
+    wanted = config.getoption("--bench-backends")
+    if wanted:
+        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        bad = [n for n in names if n not in ALL_BACKENDS]
+        if bad:
+            raise pytest.UsageError(f"--bench-backends: unknown {', '.join(bad)}; expected {', '.join(ALL_BACKENDS)}")
+        backends = tuple(names)
+    return {"shapes": {s.id: s for s in shapes}, "backends": backends}
+
+
+def pytest_generate_tests(metafunc):
+    if "shape" not in metafunc.fixturenames:
+        return
+    sel = _selected(metafunc.config)
+    metafunc.config._fastlstm_shapes = sel["shapes"]
+    # The first parametrize is the outer loop: the backends of one shape run one
+    # after another, so the shape's inputs and float64 reference are built once.
+    metafunc.parametrize("shape", [
+        pytest.param(s.id, id=s.id, marks=[pytest.mark.large] if s.large else [])
+        for s in sel["shapes"].values()
+    ])
+    metafunc.parametrize("backend", sel["backends"])
+
+
+@pytest.fixture
+def shape_spec(request, shape) -> Shape:
+    """The Shape behind the `shape` parameter (an id string)."""
+    return request.config._fastlstm_shapes[shape]
+
+
+@pytest.fixture(scope="session")
+def bench_env():
+    """environment() per device, computed once (it runs git)."""
+    cache = {}
+
+    def get(device: torch.device) -> dict:
+        if str(device) not in cache:
+            cache[str(device)] = profiler.environment(device)
+        return cache[str(device)]
+    return get
+
+
+@pytest.fixture(scope="session")
+def shape_data():
+    """Per shape: the nn.LSTM, inputs and float64 reference, kept for the latest shape only."""
+    cache = {}
+
+    def get(spec: Shape):
+        if spec.id not in cache:
+            cache.clear()
+            device = torch.device(spec.device)
+            torch.manual_seed(0)
+            lstm = torch.nn.LSTM(spec.I, spec.H).to(device=device, dtype=spec.torch_dtype)
+            x, grad_out = profiler.make_inputs(spec.T, spec.B, lstm, spec.mode)
+            want = profiler.reference_result(lstm, x, spec.mode, grad_out)
+            cache[spec.id] = (lstm, x, grad_out, want)
+        return cache[spec.id]
+    return get

@@ -1,0 +1,48 @@
+"""One benchmark per (backend, shape): see bench/conftest.py for the grids and options.
+
+Each benchmark first checks the backend's output (and in training its input
+gradient) against a float64 torch.nn.LSTM with the same weights; a wrong
+answer fails the test and records no figure. The timed call synchronises
+CUDA, so it times the work, not the launch.
+"""
+import pytest
+import torch
+
+from fastlstm import profiler
+
+# The tutorial loop takes seconds per round past this T, and adds nothing there
+# that `fastlstm profile`'s sweep does not show.
+_SLOW_MAX_T = 1024
+
+
+def test_lstm(benchmark, backend, shape, shape_spec, shape_data, bench_env):
+    spec = shape_spec
+    device = torch.device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if backend == "tutorial" and spec.T > _SLOW_MAX_T:
+        pytest.skip(f"tutorial past T={_SLOW_MAX_T} takes seconds per round; see `fastlstm profile`")
+    lstm, x, grad_out, want = shape_data(spec)
+    reason = profiler.unavailable_reason(backend, lstm, device)
+    if reason is not None:
+        pytest.skip(f"{backend}: {reason}")
+
+    try:
+        model = profiler.build_model(backend, lstm)
+        step = profiler.make_step(model, x, spec.mode, grad_out)
+        got = step()  # fastlstm imports a backend on its first forward
+    except ImportError as e:
+        pytest.skip(f"{backend} does not import: {e}")
+    ok, err, msg = profiler.compare(got, want, spec.torch_dtype)
+    if not ok:
+        pytest.fail(f"{backend} at {spec.id}: wrong answer against nn.LSTM, no figure recorded: {msg}",
+                    pytrace=False)
+    profiler.warm_up(step)
+
+    benchmark.extra_info.update(bench_env(device))
+    benchmark.extra_info.update(
+        backend=backend, shape=spec.id, seq_len=spec.T, batch=spec.B, input=spec.I, hidden=spec.H,
+        dtype=str(spec.torch_dtype).replace("torch.", ""), mode=spec.mode,
+        tokens_per_call=spec.T * spec.B, max_abs_err=err,
+    )
+    benchmark(step)

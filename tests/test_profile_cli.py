@@ -1,0 +1,157 @@
+"""`fastlstm profile`: the command writes JSON, CSV and PNG with the documented fields,
+and the sweep refuses to time a backend that computes the wrong thing."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from fastlstm import profiler
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--seq-lens", "2,4", "--hidden", "8", "--batch", "2", "--input", "4", "--repeats", "1"]
+REQUIRED = ("backend", "seq_len", "mode", "device", "dtype", "batch", "hidden", "input", "layers", "ms",
+            "ms_per_step", "tokens_per_s", "speedup_vs_torch", "peak_mem_bytes", "torch_version",
+            "triton_version", "git_commit", "status", "note")
+
+
+def _profile(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "fastlstm", "profile", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile")
+    # --slow-max-seq-len 2: the tutorial loop runs at T=2 and is skipped at T=4.
+    proc = _profile("--quick", "--out", str(out), *TINY, "--slow-max-seq-len", "2")
+    assert proc.returncode == 0, f"fastlstm profile failed:\n{proc.stdout}\n{proc.stderr}"
+    return out, proc
+
+
+def test_quick_run_writes_json_with_the_fields(quick_run):
+    out, _ = quick_run
+    rows = json.loads((out / "profile.json").read_text())
+    assert isinstance(rows, list) and rows, "profile.json: expected a non-empty list of rows"
+    for row in rows:
+        missing = [f for f in REQUIRED if f not in row]
+        assert not missing, f"row {row['backend']} T={row['seq_len']}: missing fields {missing}"
+    # One row per backend, mode and T: 2 modes x 2 lengths x each backend.
+    keys = [(r["backend"], r["mode"], r["seq_len"]) for r in rows]
+    assert len(keys) == len(set(keys)), "duplicate (backend, mode, seq_len) rows"
+    assert {r["mode"] for r in rows} == {"infer", "train"}
+    assert {r["seq_len"] for r in rows} == {2, 4}
+    backends = {r["backend"] for r in rows}
+    assert {"torch", "tutorial", "scripted"} <= backends, f"baselines missing: {backends}"
+    assert len(rows) == 2 * 2 * len(backends)
+
+
+def test_quick_run_figures_are_consistent(quick_run):
+    out, _ = quick_run
+    rows = json.loads((out / "profile.json").read_text())
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert any(r["backend"] == "torch" for r in ok), "nn.LSTM itself did not run"
+    for r in ok:
+        what = f"{r['backend']} {r['mode']} T={r['seq_len']}"
+        assert r["ms"] > 0, what
+        assert math.isclose(r["ms_per_step"] * r["seq_len"], r["ms"], rel_tol=1e-9), what
+        assert math.isclose(r["tokens_per_s"], r["batch"] * r["seq_len"] / (r["ms"] / 1e3), rel_tol=1e-9), what
+        assert r["speedup_vs_torch"] > 0, what
+        assert r["max_abs_err"] is not None and r["max_abs_err"] < 1e-3, what
+        if sys.platform.startswith("linux"):
+            assert isinstance(r["peak_mem_bytes"], int) and r["peak_mem_bytes"] >= 0, what
+        if r["backend"] == "torch":
+            assert r["speedup_vs_torch"] == 1.0, what
+    for r in rows:
+        if r["status"] != "ok":
+            assert r["ms"] is None and r["tokens_per_s"] is None, f"{r['backend']}: a figure without a pass"
+            assert r["note"], f"{r['backend']} T={r['seq_len']}: status {r['status']} without a reason"
+    tutorial = {r["seq_len"]: r for r in rows if r["backend"] == "tutorial" and r["mode"] == "infer"}
+    assert tutorial[2]["status"] == "ok"
+    assert tutorial[4]["status"] == "skipped" and "T > 2" in tutorial[4]["note"]
+    assert all(r["status"] in ("ok", "skipped") for r in rows), [
+        (r["backend"], r["status"], r["note"]) for r in rows if r["status"] not in ("ok", "skipped")]
+
+
+def test_quick_run_writes_csv_with_the_same_rows(quick_run):
+    out, _ = quick_run
+    rows = json.loads((out / "profile.json").read_text())
+    with open(out / "profile.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    for got, want in zip(table, rows):
+        for field in profiler.FIELDS:
+            expected = "" if want[field] is None else str(want[field])
+            assert got[field] == expected, f"CSV {field} of {want['backend']} T={want['seq_len']}"
+
+
+def test_quick_run_writes_a_png(quick_run):
+    out, _ = quick_run
+    data = (out / "profile.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "profile.png is not a PNG"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = plt.imread(out / "profile.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_quick_run_prints_the_table(quick_run):
+    _, proc = quick_run
+    for text in ("tokens/s", "ms/step", "vs nn.LSTM", "peak mem", "ms per step against T", "profile.png"):
+        assert text in proc.stdout, f"{text!r} not in the output"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--seq-lens", "0,4"], "--seq-lens"),
+    (["--seq-lens", "a"], "--seq-lens"),
+    (["--backends", "torch,nope"], "--backends"),
+    (["--hidden", "0"], "--hidden"),
+])
+def test_bad_arguments_are_named(args, needle, tmp_path):
+    proc = _profile("--out", str(tmp_path), *args, timeout=60)
+    assert proc.returncode != 0
+    assert needle in proc.stderr + proc.stdout
+
+
+class _WrongGateOrder(nn.Module):
+    """nn.LSTM with two gates swapped: close enough to run, wrong enough to catch."""
+
+    def __init__(self, lstm: nn.LSTM):
+        super().__init__()
+        H = lstm.hidden_size
+        self.inner = nn.LSTM(lstm.input_size, H)
+        with torch.no_grad():
+            for name, p in self.inner.named_parameters():
+                src = getattr(lstm, name)
+                p.copy_(torch.cat([src[H:2 * H], src[:H], src[2 * H:]]))
+
+    def forward(self, x, hx=None):
+        return self.inner(x, hx)
+
+
+def test_a_wrong_backend_is_marked_failed_and_not_timed():
+    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[3], backends=["torch"],
+                                repeats=1, memory=False, extra_models={"wrong": _WrongGateOrder})
+    by_key = {(r["backend"], r["mode"]): r for r in rows}
+    for mode in ("infer", "train"):
+        bad = by_key[("wrong", mode)]
+        assert bad["status"] == "failed", f"{mode}: {bad['status']} {bad['note']}"
+        assert "wrong answer" in bad["note"]
+        assert bad["ms"] is None and bad["speedup_vs_torch"] is None
+        assert by_key[("torch", mode)]["status"] == "ok"
+
+
+def test_multi_layer_runs_fastlstm_and_skips_one_layer_baselines():
+    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, layers=2, seq_lens=[3], modes=["train"],
+                                backends=["reference", "tutorial"], repeats=1, memory=False)
+    by_name = {r["backend"]: r for r in rows}
+    assert by_name["reference"]["status"] == "ok", by_name["reference"]["note"]
+    assert by_name["tutorial"]["status"] == "skipped" and "one layer" in by_name["tutorial"]["note"]
