@@ -1,0 +1,644 @@
+"""The jit backend: TorchScript loops with a hand-written backward (BPTT).
+
+The CPU default. Forward and backward are `torch.jit.script` functions inside
+one `torch.autograd.Function` (`LSTMJitFunction`); without autograd the
+forward runs on its own and saves nothing.
+
+How it is fast:
+- Work is done in chunks of ~512 rows (T_chunk * B) of time steps: the input
+  projection x @ W_ih^T + b is one GEMM per chunk, and the backward's dx and
+  weight gradients are one GEMM per chunk, accumulated. Whole-sequence
+  (T, B, 4H) buffers would be faster GEMMs on paper, but past glibc's mmap
+  threshold (32 MB) every call faults in fresh pages, which cost more than the
+  arithmetic; chunk-sized buffers stay in cache and are reused.
+- Each step is one GEMM (oneDNN's linear in float32 on CPU, `addmm`
+  otherwise) and eight cheap pointwise ops. tanh is ATen's slowest pointwise
+  op here (4-10x sigmoid), so none is used: with tanh(z) = 2 sigmoid(2z) - 1 the
+  g rows of the weights are doubled (exact in binary floating point), one
+  sigmoid covers all 4H gates, and the cell state is carried as 2c so that
+  tanh(c) is again a sigmoid. Without projection the hidden state is carried
+  as h/2 (W_hh doubled once more) and `out` is doubled once at the end, which
+  saves a multiply per step.
+- The backward builds its per-step coefficients in bulk over each chunk,
+  leaving four pointwise ops and one GEMM(+add) per step.
+"""
+import functools
+import threading
+import warnings
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["lstm_layer_jit", "LSTMJitFunction"]
+
+# Rows of the input projection per GEMM: big enough for an efficient GEMM,
+# small enough that the block stays in cache until its steps consume it.
+_PROJECTION_ROWS = 512
+# Multiply-adds of one recurrent step (B * 4H * R) from which oneDNN beats addmm.
+_MKLDNN_MIN_MACS = 2**19
+
+
+def _use_mkldnn(x: Tensor, H: int, R: int) -> bool:
+    """Whether oneDNN's linear runs the GEMMs: float32 on CPU (it has no
+    float64), and only when a step's GEMM is big enough: below ~0.5M
+    multiply-adds, MKL's addmm is faster (fewer fixed costs)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.shape[1] * 4 * H * R >= _MKLDNN_MIN_MACS
+        and torch.backends.mkldnn.is_available()
+        and torch._C._get_mkldnn_enabled()
+    )
+
+
+def _pack(w: Tensor, rows: int, steps: int, use_mkldnn: bool) -> Tensor:
+    """w (N, K) for y = a @ w.t() in `_gemm`: w.t() for addmm; for oneDNN,
+    w itself, or w reordered into its blocked layout when the GEMM repeats for
+    enough steps to repay the reorder (it costs ~2 plain GEMMs and saves ~20%
+    of each: break-even near 10 steps)."""
+    if not use_mkldnn:
+        return w.t()
+    if steps >= 10:
+        return torch.ops.mkldnn._reorder_linear_weight(w, rows)
+    return w
+
+
+def _gemm(a: Tensor, w: Tensor, use_mkldnn: bool) -> Tensor:
+    """a @ w.t() with w from `_pack`."""
+    if use_mkldnn:
+        no_scalars = torch.jit.annotate(List[Optional[Union[int, float, complex]]], [])
+        return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", no_scalars, "")
+    return torch.mm(a, w)
+
+
+def _gemm_add(a: Tensor, w: Tensor, other: Tensor, use_mkldnn: bool) -> Tensor:
+    """a @ w.t() + other with w from `_pack`, as a new tensor.
+
+    oneDNN's fused "add" post-op runs its GEMM 20-100% slower than the plain
+    one, more than a separate add costs.
+    """
+    if use_mkldnn:
+        return _gemm(a, w, True).add_(other)
+    return torch.addmm(other, a, w)
+
+
+def _gemm_tn_acc(acc: Tensor, at: Tensor, b: Tensor, first: bool, use_mkldnn: bool) -> Tensor:
+    """acc + at @ b for a weight gradient (acc ignored when `first`).
+
+    `at` is the transpose of the per-row gradients; for oneDNN it must be
+    contiguous (made once per chunk and shared), and b.t() is passed as the
+    weight view as it is. oneDNN runs this about twice as fast as MKL here.
+    """
+    if use_mkldnn:
+        y = _gemm(at, b.t(), True)
+        return y if first else acc.add_(y)
+    if first:
+        return torch.mm(at, b)
+    return acc.addmm_(at, b)
+
+
+def _forward(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    bias: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    sizes: List[int],
+    save: bool,
+    use_mkldnn: bool,
+    chunk: int,
+) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
+    """The forward loop on prepared weights (see `_prepare`).
+
+    Returns out, h_n, c_n and, when `save`, what the backward needs, as one
+    tensor per chunk of `chunk` steps: S (n, B, 4H) = [i, f, g/2, o],
+    C (n, B, H) = 2c_t, TH (n, B, H) = tanh(c_t)/2 and, with projection,
+    M (n, B, H) = o * tanh(c_t) / 2. Chunks, not (T, B, .) tensors, because
+    allocations past glibc's mmap threshold (32 MB) are fresh pages every
+    call, and faulting them in costs more than the arithmetic.
+    """
+    T, B, I = x.size(0), x.size(1), x.size(2)
+    H = c0.size(1)
+    R = h0.size(1)
+    packed = len(sizes) > 0
+    proj = w_hr is not None
+    # Dead rows of `out` must read zero; with packing nothing else writes them.
+    if packed:
+        out = torch.zeros((T, B, R), dtype=x.dtype, device=x.device)
+    else:
+        out = torch.empty((T, B, R), dtype=x.dtype, device=x.device)
+    S_l: List[Tensor] = []
+    C_l: List[Tensor] = []
+    TH_l: List[Tensor] = []
+    M_l: List[Tensor] = []
+
+    # One GEMM per chunk: the plain weight is as fast as a reordered one.
+    wih_p = _pack(w_ih, chunk * B, 0, use_mkldnn)
+    whh_p = _pack(w_hh, B, T, use_mkldnn)
+    whr_p = whh_p
+    if w_hr is not None:
+        whr_p = _pack(w_hr, B, T, use_mkldnn)
+
+    c = c0 * 2.0
+    cp = c
+    hp = h0 if proj else h0 * 0.5
+    # A one-element tensor: ATen's tensor-tensor sub is ~2x its tensor-scalar sub.
+    half = torch.full((1,), 0.5, dtype=x.dtype, device=x.device)
+    # Views made once, not per step: each view op costs about as much as a
+    # small pointwise op here.
+    outs = out.unbind(0)
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        n = t1 - t0
+        xc = x[t0:t1].reshape(n * B, I)
+        if use_mkldnn:
+            no_scalars = torch.jit.annotate(List[Optional[Union[int, float, complex]]], [])
+            xw = torch.ops.mkldnn._linear_pointwise(xc, wih_p, bias, "none", no_scalars, "")
+        elif bias is None:
+            xw = torch.mm(xc, wih_p)
+        else:
+            xw = torch.addmm(bias, xc, wih_p)
+        # The projection block becomes the saved activations S, in place.
+        xw = xw.view(n, B, 4 * H)
+        xs = xw.unbind(0)
+        gates = xw.view(n, B, 4, H)
+        i_s = gates[:, :, 0].unbind(0)
+        f_s = gates[:, :, 1].unbind(0)
+        u_s = gates[:, :, 2].unbind(0)
+        o_s = gates[:, :, 3].unbind(0)
+        Cs = xs
+        THs = xs
+        Ms = xs
+        if save:
+            S_l.append(xw)
+            Cj = torch.empty((n, B, H), dtype=x.dtype, device=x.device)
+            THj = torch.empty((n, B, H), dtype=x.dtype, device=x.device)
+            C_l.append(Cj)
+            TH_l.append(THj)
+            Cs = Cj.unbind(0)
+            THs = THj.unbind(0)
+            if proj:
+                # Zeros: the gradient of w_hr multiplies dead rows by them.
+                if packed:
+                    Mj = torch.zeros((n, B, H), dtype=x.dtype, device=x.device)
+                else:
+                    Mj = torch.empty((n, B, H), dtype=x.dtype, device=x.device)
+                M_l.append(Mj)
+                Ms = Mj.unbind(0)
+        for t in range(t0, t1):
+            k = t - t0
+            s = xs[k]
+            i, f, u, o = i_s[k], f_s[k], u_s[k], o_s[k]
+            hl = hp
+            ot = outs[t]
+            cl = cp
+            bs = B
+            if packed:
+                bs = sizes[t]
+                s, i, f, u, o = s[:bs], i[:bs], f[:bs], u[:bs], o[:bs]
+                hl = hp[:bs]
+                ot = ot[:bs]
+                cl = cp[:bs]
+            if use_mkldnn:
+                s.add_(_gemm(hl, whh_p, True)).sigmoid_()
+            else:
+                s.addmm_(hl, whh_p).sigmoid_()
+            u.sub_(half)
+            # 2c_t = f * 2c_{t-1} + 4 * i * (g/2)
+            if save:
+                cn = Cs[k]
+                if packed:
+                    cn = cn[:bs]
+                torch.mul(f, cl, out=cn)
+                cp = Cs[k]
+            else:
+                cn = cl.mul_(f)
+            cn.addcmul_(i, u, value=4.0)
+            if save:
+                th = THs[k]
+                if packed:
+                    th = th[:bs]
+                torch.sigmoid(cn, out=th)
+            else:
+                th = torch.sigmoid(cn)
+            th.sub_(half)
+            if proj:
+                if save:
+                    m = Ms[k]
+                    if packed:
+                        m = m[:bs]
+                    torch.mul(o, th, out=m)
+                else:
+                    m = torch.mul(o, th)
+                if use_mkldnn:
+                    ot.copy_(_gemm(m, whr_p, True))
+                else:
+                    torch.mm(m, whr_p, out=ot)
+            else:
+                torch.mul(o, th, out=ot)
+            hp = outs[t]
+    if not proj:
+        out.mul_(2.0)
+
+    if not packed:
+        return out, out[T - 1].clone(), cp * 0.5, S_l, C_l, TH_l, M_l
+    # A row's final state is at its last live step: rows [sizes[t+1], sizes[t]) end at t.
+    h_n = h0.clone()
+    c_n = c0.clone()
+    for t in range(T):
+        lo = sizes[t + 1] if t + 1 < T else 0
+        hi = sizes[t]
+        if lo < hi:
+            h_n[lo:hi] = out[t, lo:hi]
+            if save:
+                c_n[lo:hi] = C_l[t // chunk][t % chunk, lo:hi] * 0.5
+            else:
+                c_n[lo:hi] = c[lo:hi] * 0.5
+    return out, h_n, c_n, S_l, C_l, TH_l, M_l
+
+
+def _backward(
+    dout: Tensor,
+    dh_n: Tensor,
+    dc_n: Tensor,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    out: Tensor,
+    S_l: List[Tensor],
+    C_l: List[Tensor],
+    TH_l: List[Tensor],
+    M_l: List[Tensor],
+    sizes: List[int],
+    chunk: int,
+    use_mkldnn: bool,
+    need_dx: bool,
+    need_dw: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """BPTT on what `_forward` saved, with the original (unscaled) weights.
+
+    Returns dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr; dx and the weight
+    gradients are empty when not needed. Works chunk by chunk, last first:
+    per-step coefficients in bulk over the chunk, the sequential dh/dc
+    recursion, then the chunk's share of dx and the weight gradients as GEMMs,
+    so every buffer is chunk-sized and reused.
+    """
+    T, B, I = x.size(0), x.size(1), x.size(2)
+    H = c0.size(1)
+    R = h0.size(1)
+    K = chunk
+    packed = len(sizes) > 0
+    proj = w_hr is not None
+    opts_dtype = x.dtype
+    dev = x.device
+    empty = torch.empty(0, dtype=opts_dtype, device=dev)
+
+    dx = empty
+    if need_dx:
+        dx = torch.empty((T, B, I), dtype=opts_dtype, device=dev)
+    dw_ih = empty
+    dw_hh = empty
+    db = empty
+    dw_hr = empty
+
+    # Per-step coefficients, with tc = tanh(c_t) and s' = s(1 - s):
+    #   dz_o = dm * (tc * s'(o))                                     (Po)
+    #   dc  += dm * (o * (1 - tc^2))                                  (Q)
+    #   dz_i, dz_f, dz_g = dc * [g s'(i), c_{t-1} s'(f), i (1 - g^2)]  (P)
+    P = torch.empty((K, B, 3, H), dtype=opts_dtype, device=dev)
+    Po = torch.empty((K, B, H), dtype=opts_dtype, device=dev)
+    Q = torch.empty((K, B, H), dtype=opts_dtype, device=dev)
+    d_if = torch.empty((K, B, 2, H), dtype=opts_dtype, device=dev)
+    tmp = torch.empty((K, B, H), dtype=opts_dtype, device=dev)
+    one = torch.ones((1,), dtype=opts_dtype, device=dev)
+    # Dead rows of dZ and dH must be zero: the weight gradients sum over them.
+    if packed:
+        dZ = torch.zeros((K, B, 4 * H), dtype=opts_dtype, device=dev)
+    else:
+        dZ = torch.empty((K, B, 4 * H), dtype=opts_dtype, device=dev)
+    dH = empty
+    if proj:
+        dH = torch.zeros((K, B, R), dtype=opts_dtype, device=dev)
+    # oneDNN takes these transposed views as they are, as fast as a reordered
+    # weight (the reorder of a transposed weight costs ~10 steps' GEMMs).
+    whh_p = _pack(w_hh.t(), B, 0, use_mkldnn)
+    whr_p = whh_p
+    if w_hr is not None:
+        whr_p = _pack(w_hr.t(), B, 0, use_mkldnn)
+    wih_p = _pack(w_ih.t(), K * B, 0, use_mkldnn)
+
+    dZv = dZ.view(K, B, 4, H)
+    douts = dout.unbind(0)
+    dh = dh_n.clone()
+    dc = dc_n.clone()
+    for j in range(len(S_l) - 1, -1, -1):
+        t0 = j * K
+        Sv = S_l[j].view(-1, B, 4, H)
+        n = Sv.size(0)
+        t1 = t0 + n
+        Cj = C_l[j]
+        THj = TH_l[j]
+        i = Sv[:, :, 0]
+        u = Sv[:, :, 2]  # g / 2
+        o = Sv[:, :, 3]
+        Pn = P[:n]
+        dn = d_if[:n]
+        torch.addcmul(Sv[:, :, :2], Sv[:, :, :2], Sv[:, :, :2], value=-1.0, out=dn)
+        torch.mul(u, dn[:, :, 0], out=Pn[:, :, 0]).mul_(2.0)
+        if j == 0:
+            torch.mul(c0, dn[0, :, 1], out=Pn[0, :, 1])
+        else:
+            torch.mul(C_l[j - 1][-1], dn[0, :, 1], out=Pn[0, :, 1]).mul_(0.5)
+        if n > 1:
+            torch.mul(Cj[:-1], dn[1:, :, 1], out=Pn[1:, :, 1]).mul_(0.5)
+        torch.mul(i, torch.addcmul(one, u, u, value=-4.0, out=tmp[:n]), out=Pn[:, :, 2])
+        Pon = torch.addcmul(o, o, o, value=-1.0, out=Po[:n]).mul_(THj).mul_(2.0)
+        Qn = torch.addcmul(one, THj, THj, value=-4.0, out=Q[:n]).mul_(o)
+        if packed and j < len(S_l) - 1:
+            dZ.zero_()
+            if proj:
+                dH.zero_()
+        # Per-step views, made once per chunk.
+        Ps = Pn.unbind(0)
+        Pos = Pon.unbind(0)
+        Qs = Qn.unbind(0)
+        fs = Sv[:, :, 1].unbind(0)
+        dZs = dZ.unbind(0)
+        dZifg = dZv[:, :, :3].unbind(0)
+        dZo = dZv[:, :, 3].unbind(0)
+        dHs = dH.unbind(0) if proj else dZs
+
+        for t in range(t1 - 1, t0 - 1, -1):
+            k = t - t0
+            dz = dZs[k]
+            dz_ifg = dZifg[k]
+            dz_o = dZo[k]
+            p = Ps[k]
+            po = Pos[k]
+            q = Qs[k]
+            f = fs[k]
+            dhl = dh
+            dcl = dc
+            bs = B
+            if packed:
+                bs = sizes[t]
+                # dout[t] was fused into the previous GEMM for rows live at t + 1 only.
+                lo = sizes[t + 1] if t + 1 < T else 0
+                if lo < bs:
+                    dh[lo:bs].add_(douts[t][lo:bs])
+                dz, dz_ifg, dz_o = dz[:bs], dz_ifg[:bs], dz_o[:bs]
+                p, po, q, f = p[:bs], po[:bs], q[:bs], f[:bs]
+                dhl = dh[:bs]
+                dcl = dc[:bs]
+            elif t == T - 1:
+                dh.add_(douts[t])
+            if proj:
+                if packed:
+                    dHs[k][:bs] = dhl
+                else:
+                    dHs[k].copy_(dhl)
+                dm = _gemm(dhl, whr_p, use_mkldnn)
+            else:
+                dm = dhl
+            torch.mul(dm, po, out=dz_o)
+            dcl.addcmul_(dm, q)
+            torch.mul(dcl.unsqueeze(1), p, out=dz_ifg)
+            dcl.mul_(f)
+            if t > 0:
+                dprev = douts[t - 1]
+                if packed:
+                    dprev = dprev[:bs]
+                dh_new = _gemm_add(dz, whh_p, dprev, use_mkldnn)
+            else:
+                dh_new = _gemm(dz, whh_p, use_mkldnn)
+            if packed:
+                dh[:bs] = dh_new
+            else:
+                dh = dh_new
+
+        G = dZ[:n].view(n * B, 4 * H)
+        if need_dx:
+            if use_mkldnn:
+                dx[t0:t1] = _gemm(G, wih_p, True).view(n, B, I)
+            else:
+                torch.mm(G, wih_p, out=dx[t0:t1].view(n * B, I))
+        if need_dw:
+            first = j == len(S_l) - 1
+            Gt = G.t().contiguous() if use_mkldnn else G.t()
+            dw_ih = _gemm_tn_acc(dw_ih, Gt, x[t0:t1].reshape(n * B, I), first, use_mkldnn)
+            if j == 0:
+                h_prev = torch.cat([h0.unsqueeze(0), out[0:n - 1]]).view(n * B, R)
+            else:
+                h_prev = out[t0 - 1:t1 - 1].reshape(n * B, R)
+            dw_hh = _gemm_tn_acc(dw_hh, Gt, h_prev, first, use_mkldnn)
+            db = G.sum(0) if first else db.add_(G.sum(0))
+            if proj:
+                # M holds o * tanh(c) / 2; the 2 is applied once at the end.
+                dHt = dH[:n].view(n * B, R).t()
+                if use_mkldnn:
+                    dHt = dHt.contiguous()
+                dw_hr = _gemm_tn_acc(dw_hr, dHt, M_l[j].view(n * B, H), first, use_mkldnn)
+    if need_dw and proj:
+        dw_hr.mul_(2.0)
+    return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
+
+
+_LOCK = threading.Lock()
+_SCRIPTED: Optional[Tuple[object, object]] = None
+
+
+def _scripted():
+    """(forward, backward) as ScriptFunctions, compiled once on first use."""
+    global _SCRIPTED
+    if _SCRIPTED is None:
+        with _LOCK:
+            if _SCRIPTED is None:
+                # torch 2.13 deprecates torch.jit.script; users must not see that.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    warnings.simplefilter("ignore", FutureWarning)
+                    _SCRIPTED = (torch.jit.script(_forward), torch.jit.script(_backward))
+    return _SCRIPTED
+
+
+def _prepare(w_ih, w_hh, b_ih, b_hh, w_hr):
+    """The weights `_forward` runs on: g rows doubled (tanh via sigmoid), W_hh
+    doubled again without projection (it reads h/2), W_hr doubled (it reads
+    o * tanh(c) / 2), biases summed. All are exact power-of-two scalings."""
+    H = w_hh.shape[0] // 4
+    gate_scale = torch.tensor([1.0, 1.0, 2.0, 1.0], dtype=w_hh.dtype, device=w_hh.device)
+    wi = (w_ih.detach().reshape(4, H, -1) * gate_scale.view(4, 1, 1)).view(4 * H, -1)
+    wh_scale = gate_scale if w_hr is not None else gate_scale * 2.0
+    wh = (w_hh.detach().reshape(4, H, -1) * wh_scale.view(4, 1, 1)).view(4 * H, -1)
+    bias = None
+    if b_ih is not None and b_hh is not None:
+        bias = ((b_ih.detach() + b_hh.detach()).reshape(4, H) * gate_scale.view(4, 1)).view(4 * H)
+    elif b_ih is not None or b_hh is not None:
+        b = b_ih if b_ih is not None else b_hh
+        bias = (b.detach().reshape(4, H) * gate_scale.view(4, 1)).view(4 * H)
+    wr = None if w_hr is None else w_hr.detach() * 2.0
+    return wi, wh, bias, wr
+
+
+def _chunk(T: int, B: int) -> int:
+    return max(1, min(T, _PROJECTION_ROWS // max(B, 1)))
+
+
+def _sizes(batch_sizes: Optional[Tensor]) -> List[int]:
+    return [] if batch_sizes is None else [int(n) for n in batch_sizes.tolist()]
+
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+_DOUBLE_BACKWARD_ERROR = (
+    b"trying to differentiate twice a function that was marked with @once_differentiable: "
+    b"fastlstm's jit backend has a hand-written backward; use backend='reference' for "
+    b"double backward"
+)
+
+
+def _refuse_double_backward(backward):
+    """With create_graph=True, make every gradient raise a clear error if it is
+    differentiated again. `once_differentiable` alone does so only when the
+    incoming gradients require grad; after a linear loss they do not, and
+    the gradient would come back silently detached."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return outputs
+        delayed = [i for i, g in enumerate(outputs) if g is not None and not g.requires_grad]
+        if not delayed:
+            return outputs
+        err_fn = torch._C._functions.DelayedError(_DOUBLE_BACKWARD_ERROR, len(delayed))
+        wrapped = err_fn(*[outputs[i].detach().requires_grad_() for i in delayed])
+        if isinstance(wrapped, Tensor):
+            wrapped = (wrapped,)
+        result = list(outputs)
+        for i, g in zip(delayed, wrapped):
+            result[i] = g
+        return tuple(result)
+
+    return wrapper
+
+
+def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
+    """float16/bfloat16 run in float32 (fp32 state and accumulation)."""
+    return t.float() if t is not None and t.dtype in _HALF_TYPES else t
+
+
+class LSTMJitFunction(torch.autograd.Function):
+    """One LSTM layer with a hand-written BPTT; see `lstm_layer_jit`.
+
+    Arguments: lstm_layer_jit's, then `save` (keep what the backward needs).
+    float16/bfloat16 arguments are computed in float32; outputs and
+    gradients come back in the arguments' dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save=True):
+        dtypes = [None if t is None else t.dtype for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = map(_f32, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+        T, B = x.shape[0], x.shape[1]
+        sizes = _sizes(batch_sizes)
+        ctx.dtypes = dtypes
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        ctx.empty = T == 0
+        if ctx.empty:
+            ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
+            outputs = (x.new_zeros(0, B, h0.shape[1]), h0.clone(), c0.clone())
+            return tuple(t.to(dtypes[0]) for t in outputs)
+        fwd, _ = _scripted()
+        use_mkldnn = _use_mkldnn(x, c0.shape[1], h0.shape[1])
+        wi, wh, bias, wr = _prepare(w_ih, w_hh, b_ih, b_hh, w_hr)
+        chunk = _chunk(T, B)
+        out, h_n, c_n, S, C, TH, M = fwd(x, h0, c0, wi, wh, bias, wr, sizes, save, use_mkldnn, chunk)
+        if save:
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, out)
+            # Intermediates (lists of chunks) need no version check: nothing else sees them.
+            ctx.acts = (S, C, TH, M)
+            ctx.sizes = sizes
+            ctx.chunk = chunk
+            ctx.use_mkldnn = use_mkldnn
+        if dtypes[0] in _HALF_TYPES:
+            return out.to(dtypes[0]), h_n.to(dtypes[0]), c_n.to(dtypes[0])
+        return out, h_n, c_n
+
+    @staticmethod
+    @_refuse_double_backward
+    @once_differentiable
+    def backward(ctx, dout, dh_n, dc_n):
+        need = ctx.needs_input_grad
+        has_ih, has_hh = ctx.has_b
+        if ctx.empty:
+            x_shape, wih_shape, whh_shape, whr_shape = ctx.shapes
+            z = dout.new_zeros
+            grads = [z(x_shape), dh_n.clone(), dc_n.clone(), z(wih_shape), z(whh_shape),
+                     z(whh_shape[0]) if has_ih else None, z(whh_shape[0]) if has_hh else None,
+                     z(whr_shape) if whr_shape is not None else None]
+        else:
+            _, bwd = _scripted()
+            x, h0, c0, w_ih, w_hh, w_hr, out = ctx.saved_tensors
+            w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()
+            w_hr = None if w_hr is None else w_hr.contiguous()
+            S, C, TH, M = ctx.acts
+            need_dw = any(need[3:8])
+            dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = bwd(
+                _f32(dout).contiguous(), _f32(dh_n), _f32(dc_n), x, h0, c0, w_ih, w_hh, w_hr, out,
+                S, C, TH, M, ctx.sizes, ctx.chunk, ctx.use_mkldnn, bool(need[0]), need_dw,
+            )
+            grads = [dx, dh0, dc0, dw_ih, dw_hh, db if has_ih else None,
+                     (db.clone() if has_ih else db) if has_hh else None,
+                     dw_hr if w_hr is not None else None]
+        result = []
+        for k, (g, dtype) in enumerate(zip(grads, ctx.dtypes)):
+            result.append(g.to(dtype) if g is not None and need[k] else None)
+        return tuple(result) + (None, None)
+
+
+def _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save: bool):
+    """The autograd.Function and its arguments for one layer call
+    (`fastlstm._ops` calls its forward and backward directly under torch.compile)."""
+    return LSTMJitFunction, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save)
+
+
+def lstm_layer_jit(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    w_hr: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer, one direction, in TorchScript; see `fastlstm.backends`.
+
+    Shapes: x (T, B, I), h0 (B, R), c0 (B, H), w_ih (4H, I), w_hh (4H, R),
+    b_ih/b_hh (4H,) or None, w_hr (R, H) or None, batch_sizes (T,) or None
+    -> out (T, B, R), h_n (B, R), c_n (B, H). float16 and bfloat16 run in
+    float32 and return their own dtype.
+
+    Example:
+        >>> x, h0, c0 = torch.randn(5, 2, 3), torch.zeros(2, 4), torch.zeros(2, 4)
+        >>> out, h, c = lstm_layer_jit(x, h0, c0, torch.randn(16, 3), torch.randn(16, 4))
+        >>> out.shape
+        torch.Size([5, 2, 4])
+    """
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return LSTMJitFunction.apply(*tensors, batch_sizes, True)
+    # No autograd: run the Function's forward as a plain call, saving nothing.
+    return LSTMJitFunction.forward(_NoCtx(), *tensors, batch_sizes, False)
+
+
+class _NoCtx:
+    """Holds what `LSTMJitFunction.forward` records when no backward will run."""
