@@ -220,8 +220,12 @@ def test_any_strides():
     _assert_close(got, want, torch.float32, "strided")
 
 
-def test_no_grad_forward_matches():
-    layer = Layer(T=4, B=3, I=3, H=7, packed=True)
+@pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_no_grad_forward_matches(packed, proj):
+    # Without grad the cell (and projection input) buffers are one tile
+    # updated in place; the results must not change.
+    layer = Layer(T=4, B=3, I=3, H=7, proj=proj, packed=packed)
     inputs = {k: (v.float().to(DEVICE) if v is not None else None) for k, v in layer.inputs().items()}
     bs = layer.batch_sizes()
     with torch.no_grad():

@@ -181,10 +181,19 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
     xg = xg.view(T, B, 4 * H)
 
     hseq = _empty((T, B, R), dtype, dev)
-    cs = _empty((T + 1, B, H), torch.float32, dev)
+    if save:
+        cs = _empty((T + 1, B, H), torch.float32, dev)
+    else:
+        # With no backward to feed, one cell buffer updated in place is enough
+        # (a zero time stride): each program reads and writes only its own
+        # tile of c. So inference keeps nothing per step beyond the output.
+        cs = _empty((1, B, H), torch.float32, dev).expand(T + 1, B, H)
     cs[0].copy_(c0)
     gates = _empty((T, B, 4 * H), torch.float32, dev) if save else None
-    hc = _empty((T, B, H), dtype, dev) if w_hr is not None else None
+    hc = None
+    if w_hr is not None:
+        # hc[t] is consumed by the projection GEMM within the same step.
+        hc = _empty((T, B, H), dtype, dev) if save else _empty((1, B, H), dtype, dev).expand(T, B, H)
     out = _empty((T, B, R), dtype, dev) if (lens is not None and w_hr is None) else None
     w_hr_t = w_hr.t() if w_hr is not None else None
 
