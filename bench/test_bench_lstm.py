@@ -32,6 +32,8 @@ def test_lstm(benchmark, backend, shape, shape_spec, shape_data, bench_env):
         step = profiler.make_step(model, x, spec.mode, grad_out)
         got = step()  # fastlstm imports a backend on its first forward
     except ImportError as e:
+        if backend != "flashrnn":
+            raise  # fastlstm's own backends and baselines must import; a skip would hide it
         pytest.skip(f"{backend} does not import: {e}")
     ok, err, msg = profiler.compare(got, want, spec.torch_dtype)
     if not ok:

@@ -3,6 +3,7 @@
 Nothing here runs at import: `import fastlstm` probes no hardware and does not
 import Triton. The Triton backend is imported the first time it is chosen.
 """
+import functools
 import importlib.util
 import os
 from typing import Callable, Optional
@@ -35,6 +36,19 @@ def triton_unavailable_reason(x: Tensor) -> Optional[str]:
         return f"Triton does not run on device type {x.device.type!r}"
     if importlib.util.find_spec("triton") is None:
         return "the 'triton' package is not installed (pip install triton)"
+    if x.device.type == "cuda" and not interpret:
+        return _cuda_unsupported_reason(x.device.index)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_unsupported_reason(index: Optional[int]) -> Optional[str]:
+    """Checked once per device, at the first forward on it (never at import)."""
+    if torch.version.hip is not None:
+        return None
+    major, minor = torch.cuda.get_device_capability(index)
+    if (major, minor) < (7, 5):
+        return f"Triton needs compute capability 7.5 or newer, this GPU has {major}.{minor}"
     return None
 
 

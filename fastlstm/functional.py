@@ -61,9 +61,10 @@ def lstm(
         >>> out, h, c = lstm(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4),) * 2,
         ...                  m._flat_weights, True, 1, 0.0, False, False)
     """
-    h0, c0 = hx
     num_directions = 2 if bidirectional else 1
     groups = _weight_groups(weights, has_biases, num_layers * num_directions)
+    _check_lstm_args(input, hx, groups, num_directions, batch_sizes, batch_first)
+    h0, c0 = hx
 
     if batch_sizes is not None:
         batch_sizes = batch_sizes.to(device="cpu", dtype=torch.int64)
@@ -132,11 +133,86 @@ def lstm_cell(
         >>> h, c = lstm_cell(torch.randn(2, 3), (torch.zeros(2, 4),) * 2,
         ...                  cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
     """
+    groups = [(w_ih, w_hh, b_ih, b_hh, None)]
+    _check_lstm_args(input.unsqueeze(0), _as_layers(hx), groups, 1, None, False, "lstm_cell")
     h0, c0 = hx
     x = input.unsqueeze(0)
     layer = _layer_for(backend, x)
+    if x.shape[1] == 0:
+        layer = lstm_layer_reference  # an empty batch; see `lstm`
     _, h, c = layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, None)
     return h, c
+
+
+def _as_layers(hx):
+    """(h, c) of shape (B, H) -> (1, B, H) each, for the shared checks."""
+    if isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(t, Tensor) for t in hx):
+        return tuple(t.unsqueeze(0) for t in hx)
+    return hx
+
+
+def _check_lstm_args(input, hx, groups, num_directions, batch_sizes, batch_first, who="lstm"):
+    """Clear errors, naming the argument, for what `lstm`/`lstm_cell` cannot take.
+
+    The modules check their inputs the way torch.nn does before they get here;
+    these checks are for direct callers of the functional API, who would
+    otherwise meet an IndexError or a message from deep inside a backend.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{who}: input must be a Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"{who}: input must be a floating point tensor, got {input.dtype}")
+    want_dim = 2 if batch_sizes is not None else 3
+    if input.dim() != want_dim:
+        raise RuntimeError(f"{who}: input must have {want_dim} dimensions, got {input.dim()}")
+    if batch_sizes is not None:
+        T, B = len(batch_sizes), int(batch_sizes[0]) if len(batch_sizes) else 0
+    elif batch_first:
+        B, T = input.shape[0], input.shape[1]
+    else:
+        T, B = input.shape[0], input.shape[1]
+    if T == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+        raise TypeError(f"{who}: hx must be a tuple (h_0, c_0) of two Tensors, got {type(hx).__name__}")
+    w_hh0 = groups[0][1]
+    H, R = w_hh0.shape[0] // 4, w_hh0.shape[1]
+    L = len(groups)
+    for name, t, size in (("h_0", hx[0], R), ("c_0", hx[1], H)):
+        if tuple(t.shape) != (L, B, size):
+            raise RuntimeError(f"{who}: expected {name} of shape {(L, B, size)}, got {tuple(t.shape)}")
+    in_size = input.shape[-1]
+    for n, (w_ih, w_hh, b_ih, b_hh, w_hr) in enumerate(groups):
+        layer = n // num_directions
+        expected = {
+            "w_ih": (w_ih, (4 * H, in_size if layer == 0 else num_directions * R)),
+            "w_hh": (w_hh, (4 * H, R)),
+            "b_ih": (b_ih, (4 * H,)),
+            "b_hh": (b_hh, (4 * H,)),
+            "w_hr": (w_hr, (R, H)),
+        }
+        for name, (t, shape) in expected.items():
+            if t is None:
+                continue
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{who}: weight {name} of group {n} must be a Tensor, got {type(t).__name__}")
+            if tuple(t.shape) != shape:
+                raise RuntimeError(
+                    f"{who}: weight {name} of group {n} (layer {layer}) must have shape {shape}, "
+                    f"got {tuple(t.shape)}"
+                )
+        if w_hr is None and R != H:
+            raise RuntimeError(f"{who}: w_hh has {R} columns but hidden size is {H} and no w_hr was given")
+    for name, t in [("h_0", hx[0]), ("c_0", hx[1])] + [
+        (f"weight {k} of group {n}", w)
+        for n, g in enumerate(groups)
+        for k, w in zip(("w_ih", "w_hh", "b_ih", "b_hh", "w_hr"), g)
+        if w is not None
+    ]:
+        if t.device != input.device:
+            raise RuntimeError(f"{who}: {name} is on {t.device}, the input on {input.device}")
+        if t.dtype != input.dtype:
+            raise RuntimeError(f"{who}: {name} is {t.dtype}, the input {input.dtype}; they must match")
 
 
 def _layer_for(backend: str, x: Tensor):

@@ -214,20 +214,21 @@ class LSTMCell(nn.LSTMCell):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        for idx, value in enumerate(hx):
+            if value.dim() != x.dim():
+                kind = "batched 2-D" if is_batched else "unbatched 1-D"
+                raise RuntimeError(
+                    f"LSTMCell: for {kind} input, hx[{idx}] should also be "
+                    f"{'2-D' if is_batched else '1-D'}, got {value.dim() - (0 if is_batched else 1)}-D"
+                )
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        x, hx, weights, autocast_off = _autocast_inputs(x, hx, weights)
-        if x.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
-            raise ValueError(
-                f"LSTMCell input dtype ({x.dtype}) does not match weight dtype ({self.weight_ih.dtype}). "
-                f"Convert input: input.to({self.weight_ih.dtype}), or convert model: model.to({x.dtype})"
-            )
+        x, hx, weights, autocast_off = _autocast_inputs(x, hx, weights, cell=True)
         if x.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
         for idx, value in enumerate(hx):
-            if value.dim() != 2 or value.size(0) != x.size(0):
+            if value.size(0) != x.size(0):
                 raise RuntimeError(
-                    f"Input batch size {x.size(0)} doesn't match hidden{idx} batch size "
-                    f"{value.size(0) if value.dim() == 2 else list(value.shape)}"
+                    f"Input batch size {x.size(0)} doesn't match hidden{idx} batch size {value.size(0)}"
                 )
             if value.size(1) != self.hidden_size:
                 raise RuntimeError(
@@ -241,30 +242,32 @@ class LSTMCell(nn.LSTMCell):
         return h, c
 
 
-def _autocast_inputs(x: Tensor, hx, weights):
+def _autocast_inputs(x: Tensor, hx, weights, cell: bool = False):
     """Under autocast, run in the autocast dtype, as torch.nn.LSTM does.
 
-    Inputs, states and weights are cast once (differentiably, so fp32 master
-    weights get their gradients); the backend then runs with autocast off and
-    keeps its own fp32 state and accumulation. Returns a context that turns
-    autocast off (a no-op context when autocast is not on).
+    float32 inputs, states and weights are cast once (differentiably, so fp32
+    master weights get their gradients; other dtypes are left alone, as
+    autocast does); the backend then runs with autocast off and keeps its own
+    fp32 state and accumulation. Returns a context that turns autocast off (a
+    no-op context when autocast is not on).
+
+    Two deliberate details: torch's CPU autocast leaves `lstm_cell` alone, so
+    LSTMCell on the CPU stays in float32 as nn.LSTMCell does; on CUDA,
+    nn.LSTM under autocast always runs cuDNN in float16, where fastlstm uses
+    the autocast dtype (bfloat16 when asked for).
     """
     device_type = x.device.type
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return x, hx, weights, contextlib.nullcontext()
+    off = torch.autocast(device_type, enabled=False)
+    if cell and device_type == "cpu":
+        return x, hx, weights, off
     dtype = torch.get_autocast_dtype(device_type)
-    if not x.is_floating_point():
-        return x, hx, weights, contextlib.nullcontext()
 
     def cast(t):
-        return t.to(dtype) if t is not None and t.is_floating_point() else t
+        return t.to(dtype) if t is not None and t.dtype == torch.float32 else t
 
-    return (
-        cast(x),
-        tuple(cast(t) for t in hx),
-        [cast(w) for w in weights],
-        torch.autocast(device_type, enabled=False),
-    )
+    return cast(x), tuple(cast(t) for t in hx), [cast(w) for w in weights], off
 
 
 def _check_hx_pair(hx, who: str) -> None:
@@ -278,6 +281,13 @@ def _check_hx_pair(hx, who: str) -> None:
 def _check_devices_and_dtypes(x: Tensor, hx: Tuple[Tensor, Tensor], weight: Tensor) -> None:
     if not x.is_floating_point():
         raise TypeError(f"LSTM input must be a floating point tensor, got {x.dtype}")
+    if x.dtype != weight.dtype:
+        # Reached when autocast is on for another device type only, or from
+        # LSTMCell (torch's own message there comes from deep in a matmul).
+        raise RuntimeError(
+            f"input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})"
+        )
     if x.device != weight.device:
         raise RuntimeError(
             "Input and parameter tensors are not at the same device, found input tensor at "
@@ -350,4 +360,17 @@ def _rebuild(cls, old: nn.Module, settings: dict, **extra) -> nn.Module:
     if isinstance(new, nn.LSTM):
         new._init_flat_weights()
     new.train(old.training)
+    # Hooks registered on the old module keep working (and stay removable
+    # through their handles): the new module shares the very dicts.
+    for name in _HOOK_DICTS:
+        if hasattr(old, name) and hasattr(new, name):
+            setattr(new, name, getattr(old, name))
     return new
+
+
+_HOOK_DICTS = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+    "_backward_hooks", "_state_dict_pre_hooks", "_state_dict_hooks",
+    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)

@@ -31,3 +31,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_report_header(config):
+    mode = "interpreter on the CPU" if os.environ.get("TRITON_INTERPRET") == "1" else "native (GPU)"
+    return f"fastlstm: Triton kernels run {mode}; set FASTLSTM_TEST_NATIVE=1 on a GPU machine to compile them"

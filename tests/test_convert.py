@@ -62,3 +62,15 @@ def test_conversion_refuses_the_wrong_module():
         fastlstm.LSTM.from_torch(nn.GRU(3, 4))
     with pytest.raises(ValueError, match="unknown backend"):
         fastlstm.convert(nn.LSTM(3, 4), backend="cudnn")
+
+
+def test_conversion_keeps_hooks():
+    m = nn.Sequential(nn.LSTM(3, 4))
+    seen = []
+    handle = m[0].register_forward_hook(lambda mod, inp, out: seen.append(type(mod).__name__))
+    fastlstm.convert(m)
+    m(torch.randn(2, 1, 3))
+    assert seen == ["LSTM"] and type(m[0]) is fastlstm.LSTM
+    handle.remove()
+    m(torch.randn(2, 1, 3))
+    assert len(seen) == 1, "the old handle should remove the hook from the new module"

@@ -129,3 +129,51 @@ def test_triton_on_cpu_without_interpreter_says_why():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "RAISED backend 'triton' cannot run here" in out.stdout, out.stdout + out.stderr
     assert "TRITON_INTERPRET=1" in out.stdout and "'jit'" in out.stdout
+
+
+def _functional_args(**over):
+    m = torch.nn.LSTM(I, H, num_layers=2)
+    args = dict(
+        input=torch.randn(5, 3, I),
+        hx=(torch.zeros(2, 3, H), torch.zeros(2, 3, H)),
+        weights=list(m._flat_weights),
+        has_biases=True, num_layers=2, dropout=0.0, train=False, bidirectional=False,
+    )
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize(
+    "over, error, fragment",
+    [
+        (dict(hx=(torch.zeros(1, 3, H), torch.zeros(1, 3, H))), RuntimeError, r"h_0 of shape \(2, 3, 20\)"),
+        (dict(input=torch.randn(5, I)), RuntimeError, "input must have 3 dimensions, got 2"),
+        (dict(input=torch.randn(5, 3, I + 1)), RuntimeError, r"w_ih of group 0 \(layer 0\) must have shape"),
+        (dict(input=torch.randn(0, 3, I)), RuntimeError, "sequence length to be larger than 0"),
+        (dict(hx=torch.zeros(2, 3, H)), TypeError, "hx must be a tuple"),
+        (dict(input=torch.randn(5, 3, I, dtype=torch.float64)), RuntimeError, "h_0 is torch.float32, the input torch.float64"),
+        (dict(num_layers=3), ValueError, "expected a multiple of 3 tensors"),
+    ],
+    ids=["hx layers", "rank", "feature size", "empty sequence", "hx tensor", "dtype", "layer count"],
+)
+@pytest.mark.parametrize("backend", ["jit", "reference"])
+def test_functional_api_names_the_problem(backend, over, error, fragment):
+    with pytest.raises(error, match=fragment):
+        fastlstm.functional.lstm(**_functional_args(**over), backend=backend)
+
+
+def test_functional_cell_names_the_problem():
+    with pytest.raises(RuntimeError, match=r"w_ih of group 0 \(layer 0\) must have shape \(80, 10\)"):
+        fastlstm.functional.lstm_cell(
+            torch.randn(2, I), (torch.zeros(2, H),) * 2, torch.randn(4 * H, I + 1), torch.randn(4 * H, H)
+        )
+
+
+def test_cell_hx_batchedness_must_match_input():
+    cell = fastlstm.LSTMCell(I, H)
+    with pytest.raises(RuntimeError, match="for batched 2-D input, hx\\[0\\] should also be 2-D, got 1-D"):
+        cell(torch.randn(3, I), (torch.zeros(H), torch.zeros(H)))
+    with pytest.raises(RuntimeError, match="for unbatched 1-D input, hx\\[0\\] should also be 1-D, got 2-D"):
+        cell(torch.randn(I), (torch.zeros(1, H), torch.zeros(1, H)))
+    with pytest.raises(RuntimeError, match=r"input dtype \(torch.float64\) does not match weight dtype"):
+        cell(torch.randn(3, I, dtype=torch.float64))

@@ -293,3 +293,30 @@ def test_dispatch_refuses_cpu_without_interpreter(monkeypatch):
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter case")
 def test_dispatch_gives_triton_under_the_interpreter():
     assert _dispatch.resolve_backend("triton", torch.zeros(2, 1, 3)) is tb.lstm_layer_triton
+
+
+@pytest.mark.parametrize("api", ["legacy", "new"])
+def test_tf32_setting_is_read_through_either_api(api):
+    # torch raises if the legacy flag is read after the new API was used, so
+    # the launcher must read whichever one the user set.
+    matmul = torch.backends.cuda.matmul
+    if api == "new" and not hasattr(matmul, "fp32_precision"):
+        pytest.skip("this torch has no fp32_precision API")
+    before = matmul.fp32_precision if api == "new" else matmul.allow_tf32
+    try:
+        if api == "new":
+            matmul.fp32_precision = "tf32"
+        else:
+            matmul.allow_tf32 = True
+        assert tb._dot_precision(torch.float32) == "tf32"
+        if api == "new":
+            matmul.fp32_precision = "ieee"
+        else:
+            matmul.allow_tf32 = False
+        assert tb._dot_precision(torch.float32) == "ieee"
+        assert tb._dot_precision(torch.bfloat16) == "tf32"  # ignored for 16-bit dots
+    finally:
+        if api == "new":
+            matmul.fp32_precision = before
+        else:
+            matmul.allow_tf32 = before

@@ -22,7 +22,6 @@ How it is fast:
 - The backward builds its per-step coefficients in bulk over each chunk,
   leaving four pointwise ops and one GEMM(+add) per step.
 """
-import functools
 import threading
 import warnings
 from typing import List, Optional, Tuple, Union
@@ -30,6 +29,8 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from ._common import refuse_double_backward
 
 __all__ = ["lstm_layer_jit", "LSTMJitFunction"]
 
@@ -496,39 +497,6 @@ def _sizes(batch_sizes: Optional[Tensor]) -> List[int]:
 
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
-_DOUBLE_BACKWARD_ERROR = (
-    b"trying to differentiate twice a function that was marked with @once_differentiable: "
-    b"fastlstm's jit backend has a hand-written backward; use backend='reference' for "
-    b"double backward"
-)
-
-
-def _refuse_double_backward(backward):
-    """With create_graph=True, make every gradient raise a clear error if it is
-    differentiated again. `once_differentiable` alone does so only when the
-    incoming gradients require grad; after a linear loss they do not, and
-    the gradient would come back silently detached."""
-
-    @functools.wraps(backward)
-    def wrapper(ctx, *grads):
-        outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():
-            return outputs
-        delayed = [i for i, g in enumerate(outputs) if g is not None and not g.requires_grad]
-        if not delayed:
-            return outputs
-        err_fn = torch._C._functions.DelayedError(_DOUBLE_BACKWARD_ERROR, len(delayed))
-        wrapped = err_fn(*[outputs[i].detach().requires_grad_() for i in delayed])
-        if isinstance(wrapped, Tensor):
-            wrapped = (wrapped,)
-        result = list(outputs)
-        for i, g in zip(delayed, wrapped):
-            result[i] = g
-        return tuple(result)
-
-    return wrapper
-
-
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
     """float16/bfloat16 run in float32 (fp32 state and accumulation)."""
     return t.float() if t is not None and t.dtype in _HALF_TYPES else t
@@ -572,7 +540,7 @@ class LSTMJitFunction(torch.autograd.Function):
         return out, h_n, c_n
 
     @staticmethod
-    @_refuse_double_backward
+    @refuse_double_backward
     @once_differentiable
     def backward(ctx, dout, dh_n, dc_n):
         need = ctx.needs_input_grad

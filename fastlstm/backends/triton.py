@@ -19,6 +19,7 @@ dx are GEMMs/reductions over all steps at once.
 Storage: h in the input dtype (it only feeds storage-dtype dots), c, gates and
 all accumulation in float32. float64 is not supported: use backend 'jit'.
 """
+import contextlib
 import functools
 from typing import List, Optional, Tuple
 
@@ -27,6 +28,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..kernels import lstm as _k
+from ._common import refuse_double_backward
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -45,6 +47,11 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _device_guard(t: Tensor):
+    """Triton launches on the current CUDA device; make it the tensors' one."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -59,9 +66,15 @@ def _num_sms(device: torch.device) -> int:
 def _dot_precision(dtype: torch.dtype) -> str:
     # float32 dots are exact fp32 FMAs unless the user opted into TF32, as for
     # torch's own matmuls; 16-bit dots ignore the setting.
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+    if dtype != torch.float32:
+        return "tf32"
+    matmul = torch.backends.cuda.matmul
+    # Newer torch has `fp32_precision` ("tf32"/"ieee"/"none"); reading the
+    # legacy `allow_tf32` after a user set the new one raises there.
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is not None:
+        return "tf32" if precision == "tf32" else "ieee"
+    return "tf32" if matmul.allow_tf32 else "ieee"
 
 
 def _upcast_dot(t: Tensor) -> bool:
@@ -288,7 +301,8 @@ class LSTMTritonFunction(torch.autograd.Function):
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
             return out, h0.clone(), c0.clone()
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        out, hseq, cs, gates, hc = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, bs_list, save)
+        with _device_guard(x):
+            out, hseq, cs, gates, hc = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, bs_list, save)
         if save:
             ctx.save_for_backward(x, h0, w_ih, w_hh, w_hr, hseq, cs, gates, hc, lens)
         # No output may be a view (torch forbids in-place on views returned by
@@ -296,6 +310,7 @@ class LSTMTritonFunction(torch.autograd.Function):
         return out, hseq[T - 1].clone(), cs[T].to(x.dtype, copy=True)
 
     @staticmethod
+    @refuse_double_backward
     @once_differentiable
     def backward(ctx, d_out, d_hn, d_cn):
         needs = ctx.needs_input_grad
@@ -308,10 +323,11 @@ class LSTMTritonFunction(torch.autograd.Function):
                     z(whh_shape[0]) if ctx.has_b_hh and needs[6] else None,
                     z(whr_shape) if ctx.has_w_hr and needs[7] else None, None, None, None)
         x, h0, w_ih, w_hh, w_hr, hseq, cs, gates, hc, lens = ctx.saved_tensors
-        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _lstm_bwd(
-            d_out, d_hn, d_cn, x, h0, w_ih, w_hh, w_hr, hseq, cs, gates, hc, lens,
-            (needs[0], needs[1], needs[2], needs[3], needs[4], needs[5] or needs[6], needs[7]),
-        )
+        with _device_guard(x):
+            dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _lstm_bwd(
+                d_out, d_hn, d_cn, x, h0, w_ih, w_hh, w_hr, hseq, cs, gates, hc, lens,
+                (needs[0], needs[1], needs[2], needs[3], needs[4], needs[5] or needs[6], needs[7]),
+            )
         db_ih = db if ctx.has_b_ih and needs[5] else None
         db_hh = db if ctx.has_b_hh and needs[6] else None
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None

@@ -1,0 +1,37 @@
+"""Helpers shared by the backends with hand-written backwards."""
+import functools
+
+import torch
+from torch import Tensor
+
+_DOUBLE_BACKWARD_ERROR = (
+    b"trying to differentiate twice a function that was marked with @once_differentiable: "
+    b"fastlstm's jit and triton backends have hand-written backwards; use "
+    b"backend='reference' for double backward"
+)
+
+
+def refuse_double_backward(backward):
+    """With create_graph=True, make every gradient raise a clear error if it is
+    differentiated again. `once_differentiable` alone does so only when the
+    incoming gradients require grad; after a linear loss they do not, and
+    the gradient would come back silently detached."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return outputs
+        delayed = [i for i, g in enumerate(outputs) if isinstance(g, Tensor) and not g.requires_grad]
+        if not delayed:
+            return outputs
+        err_fn = torch._C._functions.DelayedError(_DOUBLE_BACKWARD_ERROR, len(delayed))
+        wrapped = err_fn(*[outputs[i].detach().requires_grad_() for i in delayed])
+        if isinstance(wrapped, Tensor):
+            wrapped = (wrapped,)
+        result = list(outputs)
+        for i, g in zip(delayed, wrapped):
+            result[i] = g
+        return tuple(result)
+
+    return wrapper
