@@ -18,6 +18,11 @@ TOLERANCES = {
 }
 
 
+# Where the Triton backend's tests put their tensors: the CPU under the
+# interpreter, the GPU when the kernels are tested natively.
+TRITON_DEVICE = "cpu" if INTERPRETED else "cuda"
+
+
 def triton_can_run_here() -> bool:
     try:
         import triton  # noqa: F401
@@ -68,11 +73,11 @@ class Case:
         return x, h0, c0
 
 
-def run(module, case: Case, dtype, x, h0, c0) -> Dict[str, torch.Tensor]:
+def run(module, case: Case, dtype, x, h0, c0, device="cpu") -> Dict[str, torch.Tensor]:
     """Forward and backward `module` on the case; return every output and gradient
-    (as float64) keyed by name. Output gradients are random but seeded."""
+    (as float64 on the CPU) keyed by name. Output gradients are random but seeded."""
     module.train(case.train)
-    x = x.to(dtype)
+    x = x.to(device=device, dtype=dtype)
     if case.unbatched:
         x = x[:, 0]
     if case.batch_first and not case.unbatched:
@@ -87,7 +92,7 @@ def run(module, case: Case, dtype, x, h0, c0) -> Dict[str, torch.Tensor]:
     hx = None
     leaves = {"input": x}
     if case.with_hx:
-        h, c = h0.to(dtype), c0.to(dtype)
+        h, c = h0.to(device=device, dtype=dtype), c0.to(device=device, dtype=dtype)
         if case.unbatched:
             h, c = h[:, 0], c[:, 0]
         h = h.detach().clone().requires_grad_(True)
@@ -99,7 +104,10 @@ def run(module, case: Case, dtype, x, h0, c0) -> Dict[str, torch.Tensor]:
     out, (h_n, c_n) = module(inp, hx)
     out_data = out.data if isinstance(out, PackedSequence) else out
     g = torch.Generator().manual_seed(case.seed + 2)
-    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(dtype) for t in (out_data, h_n, c_n)]
+    grads = [
+        torch.randn(t.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+        for t in (out_data, h_n, c_n)
+    ]
     loss = sum((t * gt).sum() for t, gt in zip((out_data, h_n, c_n), grads))
     params = dict(module.named_parameters())
     loss.backward()
@@ -108,7 +116,7 @@ def run(module, case: Case, dtype, x, h0, c0) -> Dict[str, torch.Tensor]:
         result["batch_sizes"] = out.batch_sizes
     for name, t in {**leaves, **params}.items():
         result[f"grad_{name}"] = t.grad
-    return {k: (v.detach().double() if v is not None else None) for k, v in result.items()}
+    return {k: (v.detach().cpu().double() if v is not None else None) for k, v in result.items()}
 
 
 def assert_same(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], dtype, what: str = "") -> None:

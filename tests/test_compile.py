@@ -11,9 +11,9 @@ import torch
 import torch._dynamo
 
 import fastlstm
-from helpers import triton_can_run_here
+from helpers import INTERPRETED, triton_can_run_here
 
-BACKENDS = ["jit", "reference"] + (["triton"] if triton_can_run_here() else [])
+BACKENDS = ["jit", "reference"] + (["triton"] if INTERPRETED and triton_can_run_here() else [])
 
 
 class Model(torch.nn.Module):

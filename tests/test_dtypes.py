@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastlstm
-from helpers import triton_can_run_here
+from helpers import INTERPRETED, triton_can_run_here
 
 # The bound in units of the dtype's eps, relative to max(1, |value|): one
 # rounding of each result (half an ulp) plus fp32 error carried through the
@@ -19,7 +19,7 @@ from helpers import triton_can_run_here
 # reaches 5.8 there, so the bound tells fp32 state from bf16 state.
 ULPS = 2
 EPS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
-BACKENDS = ["jit"] + (["triton"] if triton_can_run_here() else [])
+BACKENDS = ["jit"] + (["triton"] if INTERPRETED and triton_can_run_here() else [])
 
 
 def _models(dtype, backend, I=6, H=9, **kw):

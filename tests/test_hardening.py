@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import fastlstm
-from helpers import triton_can_run_here
+from helpers import INTERPRETED, triton_can_run_here
 
-BACKENDS = ["jit", "reference"] + (["triton"] if triton_can_run_here() else [])
+BACKENDS = ["jit", "reference"] + (["triton"] if INTERPRETED and triton_can_run_here() else [])
 I, H = 5, 6
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastlstm
-from helpers import Case, assert_same, run, triton_can_run_here
+from helpers import TRITON_DEVICE, Case, assert_same, run, triton_can_run_here
 
 SIZES = st.sampled_from([1, 2, 3, 5, 7, 8])
 
@@ -48,14 +48,14 @@ def cases(draw, max_layers=3, max_len=7, max_batch=4, sizes=SIZES):
     )
 
 
-def compare(case: Case, backend: str, dtype) -> None:
+def compare(case: Case, backend: str, dtype, device="cpu") -> None:
     ref = torch.nn.LSTM(case.input_size, case.hidden_size, **case.kwargs()).double()
     ours = fastlstm.LSTM(case.input_size, case.hidden_size, **case.kwargs(), backend=backend)
     ours.load_state_dict(ref.state_dict())
-    ours.to(dtype)
+    ours.to(device=device, dtype=dtype)
     inputs = case.make_inputs()
     want = run(ref, case, torch.float64, *inputs)
-    got = run(ours, case, dtype, *inputs)
+    got = run(ours, case, dtype, *inputs, device=device)
     assert_same(got, want, dtype, f"backend={backend} dtype={dtype} {case}")
 
 
@@ -72,7 +72,7 @@ def test_lstm_matches_torch(backend, dtype, case):
 @settings(max_examples=12)
 @given(case=cases(max_layers=2, max_len=3, max_batch=3, sizes=st.sampled_from([1, 3, 5])))
 def test_lstm_matches_torch_triton(dtype, case):
-    compare(case, "triton", dtype)
+    compare(case, "triton", dtype, TRITON_DEVICE)
 
 
 @pytest.mark.parametrize("backend", ["reference", "jit"])
