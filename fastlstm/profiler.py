@@ -25,6 +25,11 @@ use before it (the model, inputs and output gradient are not counted):
   counts everything the call touches, oneDNN scratch space included, at page
   granularity. Elsewhere the column is empty.
 
+A grid (`--grid`) repeats the sweep for every batch x hidden x dtype, one
+shape after another; `--results FILE` then writes one compact row per fastlstm
+backend, shape and mode, paired with nn.LSTM timed interleaved in the same run
+(see `result_rows`).
+
 The ms-per-step column is the median time divided by T. For a linear-time
 implementation it stays flat (it falls at short T, where the fixed cost per
 call is shared by fewer steps); growth with T means super-linear cost.
@@ -91,6 +96,14 @@ QUICK_REPEATS = 3
 DEFAULT_SLOW_MAX_SEQ_LEN = 1024
 QUICK_SLOW_MAX_SEQ_LEN = 64
 DEFAULT_OUT = "profile-out"
+DEFAULT_INPUT = 128
+# `--grid` presets: the axes they set (a given --seq-lens wins over a preset's).
+GRID_AXES = ("batch", "hidden", "dtype")
+GRID_PRESETS = {
+    "gpu": {"batch": [1, 16, 64, 256], "hidden": [256, 768, 1024], "dtype": ["bfloat16", "float32"],
+            "seq_lens": [64, 256, 1024, 4096]},
+}
+_DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
 # A timing sample repeats short calls until it lasts about this long.
 _MIN_SAMPLE_S = 0.02
 _MAX_INNER = 50
@@ -101,6 +114,10 @@ FIELDS = (
     "speedup_vs_torch", "peak_mem_bytes", "max_abs_err", "repeats", "inner", "threads",
     "load_avg_1m", "torch_version", "triton_version", "git_commit", "timestamp",
 )
+# `--results`: one row per fastlstm backend x shape x mode; the first eight fields identify it.
+RESULT_FIELDS = ("device", "dtype", "batch", "hidden", "input", "seq_len", "mode", "backend",
+                 "baseline", "ms", "baseline_ms", "speedup", "torch", "triton", "commit")
+_RESULT_KEY = RESULT_FIELDS[:8]
 
 
 # ---------------------------------------------------------------------------
@@ -562,8 +579,22 @@ def run_profile(
 
     for mode in modes:
         for T in seq_lens:
-            x, grad_out = make_inputs(T, batch, lstm, mode, seed)
-            want = reference_result(lstm, x, mode, grad_out)
+            ref_error = None
+            try:
+                x, grad_out = make_inputs(T, batch, lstm, mode, seed)
+                want = reference_result(lstm, x, mode, grad_out)
+            except Exception as e:  # out of memory at a large shape: report it, go on with the others
+                ref_error = f"float64 nn.LSTM reference: {type(e).__name__}: {e}"
+            if ref_error is not None:
+                x = grad_out = None
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                for name in names:
+                    row = _blank_row(name, mode, T, batch, input_size, hidden_size, layers, dtype, env)
+                    row.update(status="error", note=ref_error)
+                    rows.append(row)
+                    tell(f"{mode} T={T} {name}: error", repeats + 1)
+                continue
             steps: Dict[str, Callable] = {}
             inner: Dict[str, int] = {}
             by_name: Dict[str, dict] = {}
@@ -600,6 +631,7 @@ def run_profile(
                 inner[name] = max(1, min(_MAX_INNER, int(_MIN_SAMPLE_S / max(warm, 1e-6)) + 1))
                 tell(f"{mode} T={T} {name}: checked", 1)
 
+            del want
             samples = timed_median(steps, repeats, inner, lambda n: tell(f"{mode} T={T}: timing", 1))
             for name, secs in samples.items():
                 row = by_name[name]
@@ -615,7 +647,7 @@ def run_profile(
             for row in by_name.values():
                 if row["ms"] is not None and torch_ms:
                     row["speedup_vs_torch"] = torch_ms / row["ms"]
-            del steps, x, grad_out, want
+            del steps, x, grad_out
 
     if memory_configs:
         spec = dict(batch=batch, input=input_size, hidden=hidden_size, layers=layers,
@@ -656,6 +688,61 @@ def write_csv(rows: List[dict], path: str) -> str:
         for row in rows:
             w.writerow({k: ("" if row.get(k) is None else row[k]) for k in FIELDS})
     return path
+
+
+def baseline_name(device: torch.device) -> str:
+    """The library nn.LSTM runs on at `device`: "cudnn" on CUDA, "onednn" on the CPU
+    ("aten" where that library is off or missing)."""
+    if device.type == "cuda":
+        on = torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
+        return "cudnn" if on else "aten"
+    return "onednn" if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else "aten"
+
+
+def result_rows(rows: List[dict], baseline: str) -> List[dict]:
+    """One row (RESULT_FIELDS) per fastlstm backend's profile row, paired with the
+    "torch" row timed interleaved with it (same shape, mode and T). `ms`,
+    `baseline_ms` and `speedup` (baseline_ms / ms) are None unless both passed.
+
+    Example:
+        >>> rows = run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[4], modes=["infer"],
+        ...                    backends=["jit"], repeats=1, memory=False)
+        >>> [(r["backend"], r["speedup"] > 0) for r in result_rows(rows, "onednn")]
+        [('jit', True)]
+    """
+    def pair(r):
+        return tuple(r[k] for k in ("device", "mode", "seq_len", "batch", "input", "hidden", "layers", "dtype"))
+
+    base = {pair(r): r["ms"] for r in rows if r["backend"] == "torch" and r["status"] == "ok"}
+    out = []
+    for r in rows:
+        if r["backend"] not in FASTLSTM_BACKENDS:
+            continue
+        ms = r["ms"] if r["status"] == "ok" else None
+        base_ms = base.get(pair(r)) if ms else None
+        out.append({"device": r["device_name"], "dtype": r["dtype"], "batch": r["batch"], "hidden": r["hidden"],
+                    "input": r["input"], "seq_len": r["seq_len"], "mode": r["mode"], "backend": r["backend"],
+                    "baseline": baseline, "ms": ms if base_ms else None, "baseline_ms": base_ms,
+                    "speedup": base_ms / ms if base_ms else None, "torch": r["torch_version"],
+                    "triton": r["triton_version"], "commit": r["git_commit"]})
+    return out
+
+
+def write_results(rows: List[dict], path: str, baseline: str) -> int:
+    """Write the passing `result_rows(rows, baseline)` to `path` (a JSON list); return
+    how many. An existing file is updated: its rows for the device, shapes, modes
+    and backends tried here are replaced (or dropped, where they no longer pass),
+    the others kept, so a long grid can be run in pieces into one file."""
+    tried = result_rows(rows, baseline)
+    keys = {tuple(r[k] for k in _RESULT_KEY) for r in tried}
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [r for r in json.load(f) if tuple(r.get(k) for k in _RESULT_KEY) not in keys]
+    passed = [r for r in tried if r["speedup"] is not None]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_json(kept + passed, path)
+    return len(passed)
 
 
 def plot(rows: List[dict], path: str) -> str:
@@ -788,14 +875,43 @@ def _print_plain(rows: List[dict]) -> None:
 # Command line
 # ---------------------------------------------------------------------------
 
+def _positive_ints(text: str, sep: str = ",") -> List[int]:
+    values = [int(v) for v in text.split(sep) if v.strip()]  # ValueError on a non-integer
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(text)
+    return values
+
+
 def _int_list(text: str) -> List[int]:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        return _positive_ints(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seq-lens: expected a comma list of positive integers, got {text!r}")
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"--seq-lens: expected a comma list of positive integers, got {text!r}")
-    return values
+
+
+def _grid(text: str) -> Dict[str, list]:
+    """--grid: a comma list of preset names and AXIS=V1/V2/... items (AXIS in GRID_AXES),
+    later items overriding earlier ones, e.g. "gpu" or "batch=1/16,hidden=256,dtype=bf16/fp32"."""
+    grid: Dict[str, list] = {}
+    for item in (v.strip() for v in text.split(",")):
+        if item in GRID_PRESETS:
+            grid.update(GRID_PRESETS[item])
+            continue
+        axis, _, values = item.partition("=")
+        try:
+            if axis not in GRID_AXES:
+                raise ValueError(item)
+            if axis == "dtype":
+                grid[axis] = [_DTYPE_ALIASES.get(v, v) for v in values.split("/")]
+                if any(v not in DTYPES for v in grid[axis]):
+                    raise ValueError(item)
+            else:
+                grid[axis] = _positive_ints(values, "/")
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--grid: expected a comma list of presets ({', '.join(GRID_PRESETS)}) and AXIS=V1/V2/... "
+                f"with AXIS one of {', '.join(GRID_AXES)}, got {text!r} (bad item {item!r})")
+    return grid
 
 
 def _name_list(text: str) -> List[str]:
@@ -821,11 +937,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Sweep sequence lengths for fastlstm's backends and the baselines (torch.nn.LSTM, a "
             "tutorial-style loop, a scripted cell loop), interleaving them so ratios are fair on a "
             "noisy machine. Each backend is checked against nn.LSTM before it is timed. Writes "
-            "profile.json, profile.csv and profile.png to --out."
+            "profile.json, profile.csv and profile.png to --out; with --grid, the sweep repeats for "
+            "every batch x hidden x dtype (one PNG per shape), and --results writes one compact row per "
+            "fastlstm backend x shape x mode with its interleaved nn.LSTM baseline."
         ),
     )
     p.add_argument("--batch", type=int, default=32, help="batch size B (default 32)")
-    p.add_argument("--input", type=int, default=128, help="input size I (default 128)")
+    p.add_argument("--input", type=int, default=None,
+                   help=f"input size I (default {DEFAULT_INPUT}; with --grid: the hidden size)")
     p.add_argument("--hidden", type=int, default=256, help="hidden size H (default 256)")
     p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
     p.add_argument("--seq-lens", type=_int_list, default=None,
@@ -848,12 +967,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    preset = ", ".join(f"{name}: batch {'/'.join(map(str, g['batch']))}, hidden {'/'.join(map(str, g['hidden']))}, "
+                       f"dtype {'/'.join(g['dtype'])}, T {','.join(map(str, g['seq_lens']))}"
+                       for name, g in GRID_PRESETS.items())
+    p.add_argument("--grid", type=_grid, default=None, metavar="SPEC",
+                   help="sweep batch x hidden x dtype, --seq-lens giving T: a comma list of presets and "
+                        "AXIS=V1/V2/... (AXIS: batch, hidden, dtype; dtype also bf16, fp32, fp16, fp64), later "
+                        "items winning, e.g. 'gpu' or 'batch=1/16,hidden=256/768,dtype=bf16/fp32'; axes left out "
+                        f"come from --batch, --hidden, --dtype; the input size is the hidden size unless --input "
+                        f"is given. Preset {preset} (its T only when --seq-lens is not given)")
+    p.add_argument("--results", default=None, metavar="FILE",
+                   help="also write FILE, a JSON list with one row per fastlstm backend x shape x mode: "
+                        + ", ".join(RESULT_FIELDS) + " (device: GPU/CPU name; baseline: nn.LSTM's library, "
+                        "cudnn on CUDA, onednn on CPU, timed interleaved in the same run; speedup = "
+                        "baseline_ms / ms). Rows that failed the answer check are left out (the command then "
+                        "exits non-zero); rows of an existing FILE for other shapes or backends are kept")
     p.set_defaults(func=_run_cli)
     return p
 
 
 def _run_cli(args) -> int:
-    seq_lens = args.seq_lens or list(QUICK_SEQ_LENS if args.quick else DEFAULT_SEQ_LENS)
+    grid = args.grid or {}
+    seq_lens = args.seq_lens or grid.get("seq_lens") or list(QUICK_SEQ_LENS if args.quick else DEFAULT_SEQ_LENS)
     repeats = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
     slow_cap = args.slow_max_seq_len
     if slow_cap is None:
@@ -861,7 +996,7 @@ def _run_cli(args) -> int:
     modes = ["infer", "train"] if args.mode == "both" else [args.mode]
     for flag, value in (("--batch", args.batch), ("--input", args.input), ("--hidden", args.hidden),
                         ("--layers", args.layers), ("--repeats", repeats)):
-        if value <= 0:
+        if value is not None and value <= 0:
             raise SystemExit(f"fastlstm profile: {flag} must be a positive integer, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -870,44 +1005,74 @@ def _run_cli(args) -> int:
     if "torch" not in backends:
         backends = backends + ["torch"]
     os.makedirs(args.out, exist_ok=True)
+    # One shape per (dtype, batch, hidden); without --grid, just the one given.
+    shapes = [(dtype, batch, hidden) for dtype in grid.get("dtype", [args.dtype])
+              for batch in grid.get("batch", [args.batch]) for hidden in grid.get("hidden", [args.hidden])]
 
-    total = count_work(len(modes), len(seq_lens), len(backends), repeats,
-                       memory_on_cpu=not args.no_memory and device.type == "cpu")
-    kwargs = dict(batch=args.batch, input_size=args.input, hidden_size=args.hidden, layers=args.layers,
-                  seq_lens=seq_lens, dtype=DTYPES[args.dtype], device=str(device), modes=modes,
-                  backends=backends, repeats=repeats, slow_max_seq_len=slow_cap or None,
-                  memory=not args.no_memory, seed=args.seed)
     load = _load_average()
     if device.type == "cpu" and torch.get_num_threads() > 1 and load is not None and load > 0.5:
         # With every core busy, an OpenMP thread that loses its core stalls the
         # others at each barrier: times inflate many-fold, and unevenly.
         print(f"warning: the CPU is busy (load average {load:.2f}); with {torch.get_num_threads()} torch "
               f"threads on {os.cpu_count()} cores times may be inflated many-fold; try --threads 1")
-    print(f"fastlstm profile: B={args.batch} I={args.input} H={args.hidden} L={args.layers} {args.dtype} "
-          f"on {device} ({device_name(device)}, {torch.get_num_threads()} threads); T in {seq_lens}; "
-          f"{', '.join(modes)}; backends {', '.join(backends)}; {repeats} interleaved repeats")
-    try:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    except ImportError:
-        rows = run_profile(**kwargs)
-    else:
-        with Progress(TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn()) as bar:
-            task = bar.add_task("profiling", total=total)
-            rows = run_profile(**kwargs, progress=lambda what, n: bar.update(task, advance=n, description=what))
-            bar.update(task, completed=total, description="done")
+    rows: List[dict] = []
+    pngs: Optional[List[str]] = []  # None once matplotlib turns out to be missing
+    for i, (dtype, batch, hidden) in enumerate(shapes, 1):
+        input_size = args.input or (hidden if args.grid else DEFAULT_INPUT)
+        kwargs = dict(batch=batch, input_size=input_size, hidden_size=hidden, layers=args.layers,
+                      seq_lens=seq_lens, dtype=DTYPES[dtype], device=str(device), modes=modes,
+                      backends=backends, repeats=repeats, slow_max_seq_len=slow_cap or None,
+                      memory=not args.no_memory, seed=args.seed)
+        print(f"fastlstm profile: B={batch} I={input_size} H={hidden} L={args.layers} {dtype} "
+              f"on {device} ({device_name(device)}, {torch.get_num_threads()} threads); T in {seq_lens}; "
+              f"{', '.join(modes)}; backends {', '.join(backends)}; {repeats} interleaved repeats"
+              + (f" [shape {i} of {len(shapes)}]" if len(shapes) > 1 else ""))
+        total = count_work(len(modes), len(seq_lens), len(backends), repeats,
+                           memory_on_cpu=not args.no_memory and device.type == "cpu")
+        shape_rows = _run_with_progress(kwargs, total)
+        print_report(shape_rows)
+        rows += shape_rows
+        name = "profile.png" if len(shapes) == 1 else f"profile-{dtype}-B{batch}-H{hidden}.png"
+        if pngs is not None:
+            try:
+                pngs.append(plot(shape_rows, os.path.join(args.out, name)))
+            except ImportError:
+                pngs = None
 
-    print_report(rows)
     paths = [write_json(rows, os.path.join(args.out, "profile.json")),
              write_csv(rows, os.path.join(args.out, "profile.csv"))]
-    try:
-        paths.append(plot(rows, os.path.join(args.out, "profile.png")))
-    except ImportError:
+    if pngs is not None:
+        paths += pngs if len(pngs) <= 3 else [os.path.join(args.out, "profile-*.png")]
+    else:
         print("matplotlib is not installed: no plot (pip install 'fastlstm[profile]')")
+    bad = [r for r in rows if r["status"] in ("failed", "error")]
+    written = None
+    if args.results:
+        written = write_results(rows, args.results, baseline_name(device))
+        paths.append(f"{args.results} ({written} rows)")
     print("Peak memory: growth during one call over what was in use before it "
           + ("(torch.cuda.max_memory_allocated)." if device.type == "cuda" else
              "(peak resident set of a fresh subprocess, glibc returning freed memory; see fastlstm.profiler)."))
     print("Times are medians of interleaved runs; on a shared machine read the ratios, not the absolutes.")
     print("Wrote " + ", ".join(paths))
-    bad = [r for r in rows if r["status"] in ("failed", "error")]
-    return 1 if bad else 0
+    if bad:
+        print(f"{len(bad)} row(s) failed or raised (left out of --results): " + "; ".join(
+            f"{r['backend']} {r['mode']} {r['dtype']} B={r['batch']} H={r['hidden']} T={r['seq_len']}: {r['note']}"
+            for r in bad[:10]) + (" ..." if len(bad) > 10 else ""))
+    if written == 0:
+        print(f"--results: no fastlstm backend passed, so {args.results} got no rows")
+    return 1 if bad or written == 0 else 0
+
+
+def _run_with_progress(kwargs: dict, total: int) -> List[dict]:
+    """`run_profile(**kwargs)` under a rich progress bar (plain when rich is missing)."""
+    try:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        return run_profile(**kwargs)
+    with Progress(TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn()) as bar:
+        task = bar.add_task("profiling", total=total)
+        rows = run_profile(**kwargs, progress=lambda what, n: bar.update(task, advance=n, description=what))
+        bar.update(task, completed=total, description="done")
+    return rows

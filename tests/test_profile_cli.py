@@ -114,6 +114,9 @@ def test_quick_run_prints_the_table(quick_run):
     (["--seq-lens", "a"], "--seq-lens"),
     (["--backends", "torch,nope"], "--backends"),
     (["--hidden", "0"], "--hidden"),
+    (["--grid", "batch=0/2"], "--grid"),
+    (["--grid", "depth=2"], "--grid"),
+    (["--grid", "dtype=fp8"], "--grid"),
 ])
 def test_bad_arguments_are_named(args, needle, tmp_path):
     proc = _profile("--out", str(tmp_path), *args, timeout=60)
@@ -155,3 +158,54 @@ def test_multi_layer_runs_fastlstm_and_skips_one_layer_baselines():
     by_name = {r["backend"]: r for r in rows}
     assert by_name["reference"]["status"] == "ok", by_name["reference"]["note"]
     assert by_name["tutorial"]["status"] == "skipped" and "one layer" in by_name["tutorial"]["note"]
+
+
+def test_grid_results_file_has_one_paired_row_per_shape_and_mode(tmp_path):
+    results = tmp_path / "results" / "cpu.json"
+    proc = _profile("--grid", "batch=2/3,dtype=fp32/bf16", "--hidden", "8", "--seq-lens", "2,3", "--repeats", "1",
+                    "--backends", "jit,torch", "--no-memory", "--out", str(tmp_path), "--results", str(results))
+    assert proc.returncode == 0, f"fastlstm profile --grid failed:\n{proc.stdout}\n{proc.stderr}"
+    rows = json.loads(results.read_text())
+    for r in rows:
+        assert tuple(r) == profiler.RESULT_FIELDS, f"keys {list(r)}"
+        what = f"{r['dtype']} B={r['batch']} T={r['seq_len']} {r['mode']}"
+        assert r["backend"] == "jit" and r["baseline"] == "onednn", what
+        assert r["hidden"] == 8 and r["input"] == 8, f"{what}: the input size follows the hidden size"
+        assert r["ms"] > 0 and r["baseline_ms"] > 0, what
+        assert math.isclose(r["speedup"], r["baseline_ms"] / r["ms"], rel_tol=1e-9), what
+        assert r["device"] == profiler.device_name(torch.device("cpu")) and r["torch"] == torch.__version__
+        assert "commit" in r and "triton" in r
+    shapes = [(r["dtype"], r["batch"], r["seq_len"], r["mode"]) for r in rows]
+    expected = {(d, b, t, m) for d in ("float32", "bfloat16") for b in (2, 3) for t in (2, 3)
+                for m in ("infer", "train")}
+    assert sorted(shapes) == sorted(expected), "expected exactly one row per shape x mode"
+    # The full outputs cover every shape, with the nn.LSTM baseline the results were paired with.
+    full = json.loads((tmp_path / "profile.json").read_text())
+    baseline = {(r["dtype"], r["batch"], r["seq_len"], r["mode"]): r["ms"] for r in full if r["backend"] == "torch"}
+    assert all(baseline[s] == r["baseline_ms"] for s, r in zip(shapes, rows))
+    assert len(list(tmp_path.glob("profile-*.png"))) == 4, "one plot per dtype x batch x hidden"
+
+
+def test_results_leave_out_failures_and_keep_other_shapes(tmp_path):
+    path = tmp_path / "r.json"
+    other = dict.fromkeys(profiler.RESULT_FIELDS, 1.0)
+    other.update(device="elsewhere", backend="triton")
+    path.write_text(json.dumps([other]))
+    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[2, 3], modes=["infer"],
+                                backends=["jit"], repeats=1, memory=False)
+    assert profiler.write_results(rows, str(path), "onednn") == 2
+    broken = next(r for r in rows if r["backend"] == "jit" and r["seq_len"] == 3)
+    broken.update(status="failed", ms=None, note="wrong answer vs nn.LSTM: (made up)")
+    assert profiler.write_results(rows, str(path), "onednn") == 1
+    kept = json.loads(path.read_text())
+    # The failed shape's earlier row is dropped, not left standing; another device's row stays.
+    assert sorted((r["device"], r["seq_len"]) for r in kept) == sorted(
+        [("elsewhere", 1.0), (profiler.device_name(torch.device("cpu")), 2)])
+
+
+def test_grid_preset_gpu():
+    grid = profiler._grid("gpu")
+    assert grid == {"batch": [1, 16, 64, 256], "hidden": [256, 768, 1024], "dtype": ["bfloat16", "float32"],
+                    "seq_lens": [64, 256, 1024, 4096]}
+    assert profiler._grid("gpu,dtype=bf16,batch=4")["dtype"] == ["bfloat16"]
+    assert profiler._grid("gpu,batch=4")["batch"] == [4]
