@@ -39,6 +39,17 @@ def _tanh(x):
     return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
 
+@triton.jit
+def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's rows, hidden units and K offsets, with their masks."""
+    i_b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    i_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    i_k = tl.arange(0, BLOCK_K)
+    m_b = i_b < B
+    m_h = i_h < H
+    return i_b, i_h, i_k, m_b, m_h, m_b[:, None] & m_h[None, :]
+
+
 @triton.jit(do_not_specialize=["t"])
 def lstm_fwd_step_kernel(
     p_xg,  # (T, B, 4H) input projection with both biases folded in
@@ -73,15 +84,8 @@ def lstm_fwd_step_kernel(
 ):
     """gates = xg[t] + hp @ W_hh^T for a (BLOCK_B, 4 x BLOCK_H) tile, then
     the cell update; dead rows (t >= len) keep h and c and get zeros in out."""
-    i_h0 = tl.program_id(0)
-    i_b0 = tl.program_id(1)
     t64 = t.to(tl.int64)
-    i_b = i_b0 * BLOCK_B + tl.arange(0, BLOCK_B)
-    i_h = i_h0 * BLOCK_H + tl.arange(0, BLOCK_H)
-    i_k = tl.arange(0, BLOCK_K)
-    m_b = i_b < B
-    m_h = i_h < H
-    m_bh = m_b[:, None] & m_h[None, :]
+    i_b, i_h, i_k, m_b, m_h, m_bh = _tile(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
 
     # Recurrent product, one accumulator per gate; the h tile is loaded once
     # per K step and shared by the four gates.
@@ -190,15 +194,8 @@ def lstm_bwd_step_kernel(
     """dh[t] = a @ w (+ dout[t]) for a (BLOCK_B, BLOCK_H) tile, then the
     pointwise backward of the cell: dg[t] and dc[t-1]. Dead rows write zero
     gate gradients and pass dc through unchanged."""
-    i_h0 = tl.program_id(0)
-    i_b0 = tl.program_id(1)
     t64 = t.to(tl.int64)
-    i_b = i_b0 * BLOCK_B + tl.arange(0, BLOCK_B)
-    i_h = i_h0 * BLOCK_H + tl.arange(0, BLOCK_H)
-    i_k = tl.arange(0, BLOCK_K)
-    m_b = i_b < B
-    m_h = i_h < H
-    m_bh = m_b[:, None] & m_h[None, :]
+    i_b, i_h, i_k, m_b, m_h, m_bh = _tile(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
 
     b_dh = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
