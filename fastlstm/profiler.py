@@ -1010,8 +1010,8 @@ def _run_cli(args) -> int:
               for batch in grid.get("batch", [args.batch]) for hidden in grid.get("hidden", [args.hidden])]
 
     load = _load_average()
-    if device.type == "cpu" and torch.get_num_threads() > 1 and load is not None and load > 0.5:
-        # With every core busy, an OpenMP thread that loses its core stalls the
+    if device.type == "cpu" and torch.get_num_threads() > 1 and load is not None and load >= 1.0:
+        # With another process running (1-min load of 1 or more), an OpenMP thread that loses its core stalls the
         # others at each barrier: times inflate many-fold, and unevenly.
         print(f"warning: the CPU is busy (load average {load:.2f}); with {torch.get_num_threads()} torch "
               f"threads on {os.cpu_count()} cores times may be inflated many-fold; try --threads 1")
