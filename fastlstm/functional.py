@@ -22,6 +22,7 @@ from torch import Tensor
 
 from . import _ops
 from ._dispatch import check_backend_name, resolve_backend
+from .backends._common import sequence_lengths
 from .backends.reference import lstm_layer_reference
 
 
@@ -266,7 +267,7 @@ def _reverse_index(batch_sizes: Optional[Tensor], T: int, B: int, device: torch.
     """Time index that reverses each sequence within its own length (None: plain flip)."""
     if batch_sizes is None:
         return None
-    lengths = (batch_sizes.unsqueeze(1) > torch.arange(B).unsqueeze(0)).sum(0)  # (B,)
+    lengths = sequence_lengths(batch_sizes, B)
     t = torch.arange(T).unsqueeze(1)
     index = torch.where(t < lengths, lengths - 1 - t, t)  # dead steps map to themselves
     return index.to(device)

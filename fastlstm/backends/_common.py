@@ -1,4 +1,4 @@
-"""Helpers shared by the backends with hand-written backwards."""
+"""Helpers shared by the backends and the functional layer above them."""
 import functools
 
 import torch
@@ -35,3 +35,9 @@ def refuse_double_backward(backward):
         return tuple(result)
 
     return wrapper
+
+
+def sequence_lengths(batch_sizes: Tensor, batch: int) -> Tensor:
+    """(B,) int64 on the CPU: each row's length, from a PackedSequence's batch_sizes
+    (row b is live at step t while b < batch_sizes[t])."""
+    return (batch_sizes.unsqueeze(1) > torch.arange(batch).unsqueeze(0)).sum(0)

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..kernels import lstm as _k
-from ._common import refuse_double_backward
+from ._common import refuse_double_backward, sequence_lengths
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -425,8 +425,6 @@ def _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sav
     _check(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     lens = bs_list = None
     if batch_sizes is not None and x.shape[0] > 0:
-        B = x.shape[1]
         bs_list = [int(b) for b in batch_sizes.tolist()]
-        lens_cpu = (batch_sizes.unsqueeze(1) > torch.arange(B).unsqueeze(0)).sum(0)
-        lens = lens_cpu.to(device=x.device, dtype=torch.int32)
+        lens = sequence_lengths(batch_sizes, x.shape[1]).to(device=x.device, dtype=torch.int32)
     return LSTMTritonFunction, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, bs_list, save)
