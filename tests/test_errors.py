@@ -59,19 +59,18 @@ CELL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(LSTM_CASES), ids=list(LSTM_CASES))
-def test_lstm_errors_match_torch(case):
-    want = _raised(lambda: LSTM_CASES[case](torch.nn.LSTM))
-    got = _raised(lambda: LSTM_CASES[case](fastlstm.LSTM))
-    assert want[0] is not None, f"{case}: torch.nn.LSTM accepted it"
-    assert got == want, f"{case}: fastlstm raised {got}, torch raised {want}"
+ALL_CASES = [(torch.nn.LSTM, fastlstm.LSTM, name, LSTM_CASES[name]) for name in LSTM_CASES] + [
+    (torch.nn.LSTMCell, fastlstm.LSTMCell, name, CELL_CASES[name]) for name in CELL_CASES
+]
 
 
-@pytest.mark.parametrize("case", list(CELL_CASES), ids=list(CELL_CASES))
-def test_cell_errors_match_torch(case):
-    want = _raised(lambda: CELL_CASES[case](torch.nn.LSTMCell))
-    got = _raised(lambda: CELL_CASES[case](fastlstm.LSTMCell))
-    assert want[0] is not None, f"{case}: torch.nn.LSTMCell accepted it"
+@pytest.mark.parametrize(
+    "theirs, ours, case, call", ALL_CASES, ids=[f"{t.__name__}-{name}" for t, _, name, _ in ALL_CASES]
+)
+def test_errors_match_torch(theirs, ours, case, call):
+    want = _raised(lambda: call(theirs))
+    got = _raised(lambda: call(ours))
+    assert want[0] is not None, f"{case}: torch.nn.{theirs.__name__} accepted it"
     assert got == want, f"{case}: fastlstm raised {got}, torch raised {want}"
 
 
