@@ -48,6 +48,7 @@ def test_large_finite_inputs_stay_finite_and_match(backend):
     (out, (h, c)), (want, (wh, wc)) = ours(x), theirs(x)
     assert out.isfinite().all() and h.isfinite().all() and c.isfinite().all()
     torch.testing.assert_close(out, want, **_tol(dtype))
+    torch.testing.assert_close(h, wh, **_tol(dtype))
     torch.testing.assert_close(c, wc, **_tol(dtype))
 
 
