@@ -66,7 +66,7 @@ def _assert_same(got, want, atol, rtol, what):
 
 @st.composite
 def _cases(draw):
-    T = draw(st.integers(1, 12))  # >= 10 takes the reordered-weight path
+    T = draw(st.integers(1, 12))
     B = draw(st.integers(1, 5))
     I = draw(st.sampled_from([1, 3, 7, 8]))
     H = draw(st.sampled_from([1, 3, 7, 8]))
@@ -84,16 +84,19 @@ def _cases(draw):
     requires = draw(st.sampled_from([NAMES, NAMES[1:], ("x",), ("w_ih", "b_hh")]))
     # float32 GEMMs go to oneDNN only for big steps; force either path here.
     mkldnn = draw(st.booleans())
+    # With oneDNN, W_hh is reordered only for long sequences; force either way.
+    reorder = draw(st.booleans())
     seed = draw(st.integers(0, 2**16))
-    return T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, seed
+    return T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, reorder, seed
 
 
 def _check_case(case, dtype):
-    T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, seed = case
+    T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, reorder, seed = case
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(jit, "_PROJECTION_ROWS", rows)
         mp.setattr(jit, "_MKLDNN_MIN_MACS", 0 if mkldnn else 2**62)
-        _compare(T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, seed, dtype)
+        mp.setattr(jit, "_REORDER_MIN_STEPS", 1 if reorder else 2**62)
+        _compare(T, B, I, H, R, proj, bias, batch_sizes, rows, requires, f"{mkldnn}-reorder{reorder}", seed, dtype)
 
 
 def _compare(T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, seed, dtype):

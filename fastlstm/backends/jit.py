@@ -39,6 +39,10 @@ __all__ = ["lstm_layer_jit", "LSTMJitFunction"]
 _PROJECTION_ROWS = 512
 # Multiply-adds of one recurrent step (B * 4H * R) from which oneDNN beats addmm.
 _MKLDNN_MIN_MACS = 2**19
+# Steps from which reordering W_hh into oneDNN's blocked layout pays: the
+# reorder costs ~2 plain GEMMs and saves ~20% of each. (Reordering W_hh^T for
+# the backward costs ~6 GEMMs; in the step loop it saved nothing measurable.)
+_REORDER_MIN_STEPS = 10
 
 
 def _use_mkldnn(x: Tensor, H: int, R: int) -> bool:
@@ -54,15 +58,15 @@ def _use_mkldnn(x: Tensor, H: int, R: int) -> bool:
     )
 
 
-def _pack(w: Tensor, rows: int, steps: int, use_mkldnn: bool) -> Tensor:
+def _pack(w: Tensor, rows: int, reorder: bool, use_mkldnn: bool) -> Tensor:
     """w (N, K) for y = a @ w.t() in `_gemm`: w.t() for addmm; for oneDNN,
-    w itself, or w reordered into its blocked layout when the GEMM repeats for
-    enough steps to repay the reorder (it costs ~2 plain GEMMs and saves ~20%
-    of each: break-even near 10 steps)."""
+    w itself, or, when `reorder`, w reordered into oneDNN's blocked layout for
+    GEMMs of `rows` rows. A reorder pays only when the GEMM repeats often
+    enough: see `_REORDER_MIN_STEPS`."""
     if not use_mkldnn:
         return w.t()
-    if steps >= 10:
-        return torch.ops.mkldnn._reorder_linear_weight(w, rows)
+    if reorder:
+        return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
     return w
 
 
@@ -77,27 +81,29 @@ def _gemm(a: Tensor, w: Tensor, use_mkldnn: bool) -> Tensor:
 def _gemm_add(a: Tensor, w: Tensor, other: Tensor, use_mkldnn: bool) -> Tensor:
     """a @ w.t() + other with w from `_pack`, as a new tensor.
 
-    oneDNN's fused "add" post-op runs its GEMM 20-100% slower than the plain
-    one, more than a separate add costs.
+    Not oneDNN's fused "add" post-op: with a plain weight it runs ~70% slower
+    than the GEMM alone; with a reordered one it is faster in isolation but
+    slower inside the step loop (measured 104 against 69 us per step).
     """
     if use_mkldnn:
         return _gemm(a, w, True).add_(other)
     return torch.addmm(other, a, w)
 
 
-def _gemm_tn_acc(acc: Tensor, at: Tensor, b: Tensor, first: bool, use_mkldnn: bool) -> Tensor:
-    """acc + at @ b for a weight gradient (acc ignored when `first`).
-
-    `at` is the transpose of the per-row gradients; for oneDNN it must be
-    contiguous (made once per chunk and shared), and b.t() is passed as the
-    weight view as it is. oneDNN runs this about twice as fast as MKL here.
+def _wgrad_t(acc: Tensor, a: Tensor, g: Tensor, first: bool, use_mkldnn: bool) -> Tensor:
+    """acc + a.t() @ g: a weight gradient, transposed (K, N), from the rows'
+    inputs a (rows, K) and output gradients g (rows, N); acc is ignored when
+    `first`. Transposed, because oneDNN then needs only the small a.t() made
+    contiguous and takes g.t() as a weight view as it is; the gradient in
+    weight layout would need the big g transposed (2 MB per 512-row chunk at
+    4H=1024, ~100 us). The caller transposes the sum once at the end.
     """
     if use_mkldnn:
-        y = _gemm(at, b.t(), True)
+        y = _gemm(a.t().contiguous(), g.t(), True)
         return y if first else acc.add_(y)
     if first:
-        return torch.mm(at, b)
-    return acc.addmm_(at, b)
+        return torch.mm(a.t(), g)
+    return acc.addmm_(a.t(), g)
 
 
 def _forward(
@@ -112,6 +118,7 @@ def _forward(
     save: bool,
     use_mkldnn: bool,
     chunk: int,
+    reorder: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
     """The forward loop on prepared weights (see `_prepare`).
 
@@ -138,11 +145,11 @@ def _forward(
     M_l: List[Tensor] = []
 
     # One GEMM per chunk: the plain weight is as fast as a reordered one.
-    wih_p = _pack(w_ih, chunk * B, 0, use_mkldnn)
-    whh_p = _pack(w_hh, B, T, use_mkldnn)
+    wih_p = _pack(w_ih, chunk * B, False, use_mkldnn)
+    whh_p = _pack(w_hh, B, reorder, use_mkldnn)
     whr_p = whh_p
     if w_hr is not None:
-        whr_p = _pack(w_hr, B, T, use_mkldnn)
+        whr_p = _pack(w_hr, B, reorder, use_mkldnn)
 
     c = c0 * 2.0
     cp = c
@@ -327,13 +334,12 @@ def _backward(
     dH = empty
     if proj:
         dH = torch.zeros((K, B, R), dtype=opts_dtype, device=dev)
-    # oneDNN takes these transposed views as they are, as fast as a reordered
-    # weight (the reorder of a transposed weight costs ~10 steps' GEMMs).
-    whh_p = _pack(w_hh.t(), B, 0, use_mkldnn)
+    # oneDNN takes these transposed views as they are.
+    whh_p = _pack(w_hh.t(), B, False, use_mkldnn)
     whr_p = whh_p
     if w_hr is not None:
-        whr_p = _pack(w_hr.t(), B, 0, use_mkldnn)
-    wih_p = _pack(w_ih.t(), K * B, 0, use_mkldnn)
+        whr_p = _pack(w_hr.t(), B, False, use_mkldnn)
+    wih_p = _pack(w_ih.t(), K * B, False, use_mkldnn)
 
     dZv = dZ.view(K, B, 4, H)
     douts = dout.unbind(0)
@@ -431,23 +437,23 @@ def _backward(
             else:
                 torch.mm(G, wih_p, out=dx[t0:t1].view(n * B, I))
         if need_dw:
+            # Transposed gradients (K, 4H); see `_wgrad_t`.
             first = j == len(S_l) - 1
-            Gt = G.t().contiguous() if use_mkldnn else G.t()
-            dw_ih = _gemm_tn_acc(dw_ih, Gt, x[t0:t1].reshape(n * B, I), first, use_mkldnn)
+            dw_ih = _wgrad_t(dw_ih, x[t0:t1].reshape(n * B, I), G, first, use_mkldnn)
             if j == 0:
                 h_prev = torch.cat([h0.unsqueeze(0), out[0:n - 1]]).view(n * B, R)
             else:
                 h_prev = out[t0 - 1:t1 - 1].reshape(n * B, R)
-            dw_hh = _gemm_tn_acc(dw_hh, Gt, h_prev, first, use_mkldnn)
+            dw_hh = _wgrad_t(dw_hh, h_prev, G, first, use_mkldnn)
             db = G.sum(0) if first else db.add_(G.sum(0))
             if proj:
                 # M holds o * tanh(c) / 2; the 2 is applied once at the end.
-                dHt = dH[:n].view(n * B, R).t()
-                if use_mkldnn:
-                    dHt = dHt.contiguous()
-                dw_hr = _gemm_tn_acc(dw_hr, dHt, M_l[j].view(n * B, H), first, use_mkldnn)
-    if need_dw and proj:
-        dw_hr.mul_(2.0)
+                dw_hr = _wgrad_t(dw_hr, M_l[j].view(n * B, H), dH[:n].view(n * B, R), first, use_mkldnn)
+    if need_dw:
+        dw_ih = dw_ih.t().contiguous()
+        dw_hh = dw_hh.t().contiguous()
+        if proj:
+            dw_hr = dw_hr.t().contiguous().mul_(2.0)
     return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
 
 
@@ -527,7 +533,8 @@ class LSTMJitFunction(torch.autograd.Function):
         use_mkldnn = _use_mkldnn(x, c0.shape[1], h0.shape[1])
         wi, wh, bias, wr = _prepare(w_ih, w_hh, b_ih, b_hh, w_hr)
         chunk = _chunk(T, B)
-        out, h_n, c_n, S, C, TH, M = fwd(x, h0, c0, wi, wh, bias, wr, sizes, save, use_mkldnn, chunk)
+        out, h_n, c_n, S, C, TH, M = fwd(x, h0, c0, wi, wh, bias, wr, sizes, save, use_mkldnn, chunk,
+                                         T >= _REORDER_MIN_STEPS)
         if save:
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, out)
             # Intermediates (lists of chunks) need no version check: nothing else sees them.
