@@ -20,6 +20,8 @@ puts the backends of one shape side by side.
   the FlashRNN paper's B=16 H=768 bf16), and every backend.
 - smoke (`--bench-smoke`, or FASTLSTM_BENCH_SMOKE=1): tiny shapes over every
   backend, so that the suite collects and runs in seconds.
+test_bench_floor.py times the GEMMs of a layer alone on the float32 CPU shapes of
+the same grid (the `floor_shape` parameter; no backend axis): see its docstring.
 `--bench-backends=a,b` restricts the backends. Unavailable backends (Triton and
 FlashRNN off CUDA, a backend that does not import) are skipped with a reason.
 """
@@ -124,6 +126,12 @@ def _selected(config) -> Dict[str, object]:
 
 
 def pytest_generate_tests(metafunc):
+    if "floor_shape" in metafunc.fixturenames:
+        # The GEMM floor (test_bench_floor.py): float32 CPU shapes, no backend axis.
+        shapes = [s for s in _selected(metafunc.config)["shapes"].values() if s.device == "cpu" and s.dtype == "f32"]
+        metafunc.parametrize("floor_shape", [
+            pytest.param(s, id=s.id, marks=[pytest.mark.large] if s.large else []) for s in shapes
+        ])
     if "shape" not in metafunc.fixturenames:
         return
     sel = _selected(metafunc.config)
