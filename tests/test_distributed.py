@@ -3,6 +3,7 @@
 Each rank takes half the batch; DDP averages the gradients, which must equal
 the gradients of one process on the whole batch.
 """
+import os
 import socket
 
 import pytest
@@ -47,6 +48,11 @@ def _worker(rank: int, port: int, path: str) -> None:
             torch.save({n: p.grad for n, p in model.module.named_parameters()}, path)
     finally:
         dist.destroy_process_group()
+    # With torch 2.13 and gloo, a worker sometimes aborts in C++ teardown after this
+    # point ("terminate called without an active exception"); a plain nn.LSTM under DDP
+    # does it too (1 spawn in 12). The work is done and saved, so skip the teardown.
+    # Only reached on success: an exception above still fails the worker.
+    os._exit(0)
 
 
 def _free_port() -> int:
