@@ -14,7 +14,6 @@ the floor, nn.LSTM and "jit" interleaved (medians of rounds in rotated order,
 as `fastlstm profile` does) and records the ratios in the benchmark's
 extra_info; with -s it prints them. pytest-benchmark times the floor itself.
 """
-import warnings
 from typing import List, Optional, Union
 
 import pytest
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from fastlstm import profiler
 from fastlstm.backends import jit
+from fastlstm.backends._common import script_quietly
 
 
 def _layer_gemms(x: Tensor, hs: Tensor, dzs: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor,
@@ -77,9 +77,7 @@ _SCRIPTED = None
 def _scripted():
     global _SCRIPTED
     if _SCRIPTED is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _SCRIPTED = torch.jit.script(_layer_gemms)
+        _SCRIPTED = script_quietly(_layer_gemms)
     return _SCRIPTED
 
 

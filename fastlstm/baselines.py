@@ -8,11 +8,12 @@ These are what people use today, written the way they are usually written:
 `torch.nn.LSTM` itself (oneDNN on CPU, cuDNN on CUDA) is the main baseline.
 """
 import math
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from .backends._common import script_quietly
 
 GATES = ("i", "f", "g", "o")
 
@@ -90,9 +91,7 @@ _SCRIPTED = {}
 
 def _scripted():
     if "loop" not in _SCRIPTED:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _SCRIPTED["loop"] = torch.jit.script(_scripted_cell_loop)
+        _SCRIPTED["loop"] = script_quietly(_scripted_cell_loop)
     return _SCRIPTED["loop"]
 
 

@@ -1,5 +1,6 @@
 """Helpers shared by the backends and the functional layer above them."""
 import functools
+import warnings
 
 import torch
 from torch import Tensor
@@ -9,6 +10,16 @@ _DOUBLE_BACKWARD_ERROR = (
     b"fastlstm's jit and triton backends have hand-written backwards; use "
     b"backend='reference' for double backward"
 )
+
+
+def script_quietly(fn):
+    """torch.jit.script(fn) without the deprecation warning torch 2.13 gives
+    for it, which users must not see. `warnings.catch_warnings` is not
+    thread-safe: callers that may race script under a lock."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.script(fn)
 
 
 def refuse_double_backward(backward):

@@ -23,14 +23,13 @@ How it is fast:
   leaving four pointwise ops and one GEMM(+add) per step.
 """
 import threading
-import warnings
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import refuse_double_backward
+from ._common import refuse_double_backward, script_quietly
 
 __all__ = ["lstm_layer_jit", "LSTMJitFunction"]
 
@@ -467,11 +466,7 @@ def _scripted():
     if _SCRIPTED is None:
         with _LOCK:
             if _SCRIPTED is None:
-                # torch 2.13 deprecates torch.jit.script; users must not see that.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    warnings.simplefilter("ignore", FutureWarning)
-                    _SCRIPTED = (torch.jit.script(_forward), torch.jit.script(_backward))
+                _SCRIPTED = (script_quietly(_forward), script_quietly(_backward))
     return _SCRIPTED
 
 
