@@ -22,6 +22,12 @@ def script_quietly(fn):
         return torch.jit.script(fn)
 
 
+def needs_autograd(*tensors) -> bool:
+    """Whether a call on these tensors (None allowed) is recorded by autograd,
+    so that a backend must save what its backward needs."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def refuse_double_backward(backward):
     """With create_graph=True, make every gradient raise a clear error if it is
     differentiated again. `once_differentiable` alone does so only when the

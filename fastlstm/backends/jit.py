@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import refuse_double_backward, script_quietly
+from ._common import needs_autograd, refuse_double_backward, script_quietly
 
 __all__ = ["lstm_layer_jit", "LSTMJitFunction"]
 
@@ -604,7 +604,7 @@ def lstm_layer_jit(
         torch.Size([5, 2, 4])
     """
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if needs_autograd(*tensors):
         return LSTMJitFunction.apply(*tensors, batch_sizes, True)
     # No autograd: run the Function's forward as a plain call, saving nothing.
     return LSTMJitFunction.forward(_NoCtx(), *tensors, batch_sizes, False)

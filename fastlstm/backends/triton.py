@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..kernels import lstm as _k
-from ._common import refuse_double_backward, sequence_lengths
+from ._common import needs_autograd, refuse_double_backward, sequence_lengths
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -409,9 +409,7 @@ def lstm_layer_triton(
         >>> out.shape
         torch.Size([5, 2, 4])
     """
-    save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    )
+    save = needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     fn, args = _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save)
     return fn.apply(*args)
 
