@@ -14,6 +14,7 @@ the floor, nn.LSTM and "jit" interleaved (medians of rounds in rotated order,
 as `fastlstm profile` does) and records the ratios in the benchmark's
 extra_info; with -s it prints them. pytest-benchmark times the floor itself.
 """
+import statistics
 from typing import List, Optional, Union
 
 import pytest
@@ -99,10 +100,6 @@ def _check(got: List[Tensor], x, hs, dzs, w_ih, w_hh, bias, chunk: int, train: b
                                    msg=lambda m: f"GEMM floor product {k}: {m}")
 
 
-def _rounds_inner(step, target_s: float = 0.02) -> int:
-    return max(1, int(target_s / max(profiler.warm_up(step), 1e-6)))
-
-
 def test_gemm_floor(benchmark, floor_shape, bench_env, request):
     spec = floor_shape
     if not (torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()):
@@ -132,9 +129,9 @@ def test_gemm_floor(benchmark, floor_shape, bench_env, request):
         steps = {"floor": floor}
         for name in ("torch", "jit"):
             steps[name] = profiler.make_step(profiler.build_model(name, lstm), x, spec.mode, grad_out)
-        inner = {name: _rounds_inner(step) for name, step in steps.items()}
-        samples = profiler.timed_median(steps, repeats=7, inner=inner)
-        ms = {name: sorted(v)[len(v) // 2] * 1e3 for name, v in samples.items()}
+        inner = {name: profiler.calls_per_sample(profiler.warm_up(step)) for name, step in steps.items()}
+        samples = profiler.timed_median(steps, repeats=profiler.DEFAULT_REPEATS, inner=inner)
+        ms = {name: statistics.median(v) * 1e3 for name, v in samples.items()}
         ratios = {"floor_vs_torch": ms["torch"] / ms["floor"], "jit_vs_torch": ms["torch"] / ms["jit"],
                   "jit_vs_floor": ms["floor"] / ms["jit"]}
         benchmark.extra_info.update({f"{k}_ms": v for k, v in ms.items()}, **ratios)

@@ -387,6 +387,12 @@ def warm_up(step: Callable, max_calls: int = 3, budget_s: float = 0.5) -> float:
     return last
 
 
+def calls_per_sample(seconds_per_call: float) -> int:
+    """How many calls one timing sample repeats so that it lasts about
+    `_MIN_SAMPLE_S` (at most `_MAX_INNER`), from one warm call's seconds."""
+    return max(1, min(_MAX_INNER, int(_MIN_SAMPLE_S / max(seconds_per_call, 1e-6)) + 1))
+
+
 def timed_median(steps: Dict[str, Callable], repeats: int, inner: Dict[str, int],
                  on_sample: Optional[Callable[[str], None]] = None) -> Dict[str, List[float]]:
     """Interleaved timing: `repeats` rounds, each timing every step once in an order
@@ -628,7 +634,7 @@ def run_profile(
                     tell(f"{mode} T={T} {name}: error", repeats + 1)
                     continue
                 steps[name] = step
-                inner[name] = max(1, min(_MAX_INNER, int(_MIN_SAMPLE_S / max(warm, 1e-6)) + 1))
+                inner[name] = calls_per_sample(warm)
                 tell(f"{mode} T={T} {name}: checked", 1)
 
             del want
