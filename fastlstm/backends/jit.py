@@ -65,7 +65,7 @@ def _pack(w: Tensor, rows: int, reorder: bool, use_mkldnn: bool) -> Tensor:
     if not use_mkldnn:
         return w.t()
     if reorder:
-        return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
+        return torch.ops.mkldnn._reorder_linear_weight(w, rows)
     return w
 
 
