@@ -23,23 +23,7 @@ import torch
 from torch import Tensor
 
 from ._dispatch import resolve_backend
-
-
-class _Ctx:
-    """Stands in for autograd's ctx when a backend's Function runs outside autograd."""
-
-    def __init__(self, args):
-        self.needs_input_grad = tuple(isinstance(a, Tensor) and a.is_floating_point() for a in args)
-        self.saved_tensors = ()
-
-    def save_for_backward(self, *tensors):
-        self.saved_tensors = tensors
-
-    def mark_non_differentiable(self, *tensors):
-        pass
-
-    def set_materialize_grads(self, value):
-        pass
+from .backends._common import FunctionCtx
 
 
 def _function_and_args(backend: str, inputs, batch_sizes, save: bool):
@@ -64,7 +48,7 @@ def lstm_layer(
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     fn, args = _function_and_args(backend, inputs, batch_sizes, save=False)
     with torch.no_grad():
-        outputs = fn.forward(_Ctx(args), *args)
+        outputs = fn.forward(FunctionCtx(args), *args)
     return tuple(_unaliased(list(outputs), [t for t in inputs if t is not None]))
 
 
@@ -98,7 +82,7 @@ def lstm_layer_backward(
     grad_c: Tensor,
 ) -> List[Tensor]:
     fn, args = _function_and_args(backend, inputs, batch_sizes, save=True)
-    ctx = _Ctx(args)
+    ctx = FunctionCtx(args)
     with torch.no_grad():
         fn.forward(ctx, *args)
         grads = fn.backward(ctx, grad_out, grad_h, grad_c)

@@ -22,6 +22,24 @@ def script_quietly(fn):
         return torch.jit.script(fn)
 
 
+class FunctionCtx:
+    """Stands in for autograd's ctx when a backend's autograd.Function runs its
+    forward (or backward) as a plain call, outside autograd."""
+
+    def __init__(self, args):
+        self.needs_input_grad = tuple(isinstance(a, Tensor) and a.is_floating_point() for a in args)
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+    def set_materialize_grads(self, value):
+        pass
+
+
 def needs_autograd(*tensors) -> bool:
     """Whether a call on these tensors (None allowed) is recorded by autograd,
     so that a backend must save what its backward needs."""

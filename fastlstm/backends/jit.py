@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import needs_autograd, refuse_double_backward, script_quietly
+from ._common import FunctionCtx, needs_autograd, refuse_double_backward, script_quietly
 
 __all__ = ["lstm_layer_jit", "LSTMJitFunction"]
 
@@ -607,8 +607,5 @@ def lstm_layer_jit(
     if needs_autograd(*tensors):
         return LSTMJitFunction.apply(*tensors, batch_sizes, True)
     # No autograd: run the Function's forward as a plain call, saving nothing.
-    return LSTMJitFunction.forward(_NoCtx(), *tensors, batch_sizes, False)
-
-
-class _NoCtx:
-    """Holds what `LSTMJitFunction.forward` records when no backward will run."""
+    args = (*tensors, batch_sizes, False)
+    return LSTMJitFunction.forward(FunctionCtx(args), *args)
