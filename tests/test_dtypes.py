@@ -91,6 +91,13 @@ def test_autocast_matches_torch_output_dtype_for_bf16():
     ours = fastlstm.LSTM.from_torch(m)
     x = torch.randn(3, 2, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        want = m(x)
+        try:
+            want = m(x)
+        except RuntimeError as e:
+            # oneDNN builds its bf16 LSTM only on CPUs with bf16 support (seen on an
+            # AMD EPYC without AVX-512): torch itself has no answer to compare with.
+            if "could not create a primitive descriptor" not in str(e):
+                raise
+            pytest.skip(f"torch's nn.LSTM cannot run under bf16 autocast on this CPU: {e}")
         got = ours(x)
     assert got[0].dtype == want[0].dtype and got[1][0].dtype == want[1][0].dtype
