@@ -1,23 +1,48 @@
-"""Triton kernels for one LSTM layer: one fused launch per time step.
+"""Triton kernels for one LSTM layer in one direction: `lstm_fwd_kernel` and
+`lstm_bwd_kernel`.
 
-Only `@triton.jit` code lives here; the launchers, the autograd Function and
-the public function are in `fastlstm.backends.triton`.
+Only `@triton.jit` code lives here; the launch plan, the launchers, the
+autograd Function and the public function are in `fastlstm.backends.triton`.
 
-Layout (every tensor time-major, explicit strides):
-    xg     (T, B, 4H)  x_t @ W_ih^T + b_ih + b_hh, gate order i, f, g, o
-    w_hh   (4H, R)
-    h      (B, R)      two pointers per step: the state before step t and
-                       the state after it, so that unpacked, the states are
-                       `out` itself. Storage dtype: h only ever feeds a
-                       storage-dtype dot, so nothing is lost.
-    c      (T+1, B, H) cell states, float32: c[0] = c0, c[t+1] after step t
-    gates  (T, B, 4H)  activated gates, float32, saved for the backward
+One kernel runs the steps [t0, t1) of a layer. Program p owns a block of
+hidden units of all four gates, for every batch row, and keeps the slice of
+the recurrent weight that those units need on chip for the whole launch
+(W_RESIDENT: loaded once, before the time loop, as a tuple of K chunks; the
+compiler places them in shared memory, and ptxas caches what fits of them in
+registers). Without W_RESIDENT each step streams the weight chunks from
+memory. Each step runs the same step body in every mode:
+
+    PERSISTENT   one launch runs all the steps; the programs meet at a
+                 grid-wide barrier (`_grid_barrier`) after each phase of each
+                 step. The host launches it cooperatively, so every program is
+                 resident at once (a spin barrier would deadlock otherwise).
+    per step     t1 = t0 + 1; the launch boundary is the barrier. The
+                 fallback, and how the interpreter runs multi-program grids
+                 (it runs programs one after another, so a spin would hang).
+
+A step is one phase without projection, two with it (the projection needs all
+of o * tanh(c), which other programs write): the forward's cell phase (CELL)
+and projection phase (PROJECT), the backward's recurrent phase (RECUR: dh from
+dg[t+1]) and cell phase (CELL). A persistent launch runs both phases with a
+barrier between them; per-step launches run one phase each.
+
+Layout (time-major, explicit strides; H hidden units, R = proj_size or H):
+    xg     (T, B, 4H)   x_t @ W_ih^T + b_ih + b_hh, gate order i, f, g, o
+    w      (4H, R)      W_hh
+    wr     (R, H)       W_hr (projection)
+    h0     (B, R)       same strides as one step of hs
+    hs     (T, B, R)    h_1 .. h_T; a row past its length carries its state
+    c      (T+1, B, H)  float32 cell states, c[0] = c0 (time stride 0 when
+                        nothing is saved: one tile updated in place)
+    gates  (T, B, 4H)   float32 activated gates, saved for the backward
+    hc     (T, B, H)    o * tanh(c) before the projection (storage dtype)
     dg     (T+1, B, 4H) gradients of the gate pre-activations, dg[T] = 0
 
-Program grid of both step kernels: (cdiv(H, BLOCK_H), cdiv(B, BLOCK_B)); a
-program owns hidden units [pid0*BLOCK_H, +BLOCK_H) of all four gates for rows
-[pid1*BLOCK_B, +BLOCK_B), so the pointwise part never leaves registers.
-Accumulation and cell state are float32 whatever the storage dtype.
+Tiles are (BLOCK_B rows, units); the batch is looped over inside a step, so a
+program's weights serve every row. Products accumulate in float32, and c,
+gates and the pointwise maths are float32 whatever the storage dtype; h, hc,
+dh and dg are stored in the storage dtype, since they only feed
+storage-dtype dots and the host GEMMs.
 
 UPCAST_DOT casts the dot operands to float32 first. The host sets it only
 under the interpreter for bfloat16, whose `tl.dot` there multiplies the raw
@@ -39,180 +64,282 @@ def _tanh(x):
     return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
 
+# ----------------------------------------------------------------------------
+# Grid-wide barrier
+# ----------------------------------------------------------------------------
+
+
 @triton.jit
-def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """This program's rows, hidden units and K offsets, with their masks."""
-    i_b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    i_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    i_k = tl.arange(0, BLOCK_K)
-    m_b = i_b < B
-    m_h = i_h < H
-    return i_b, i_h, i_k, m_b, m_h, m_b[:, None] & m_h[None, :]
+def _grid_barrier(p_sync, target, max_spin, p_err):
+    """Arrive at the barrier and wait until `target` arrivals have been counted.
+
+    p_sync is one int32 counter, zero at launch, that only grows: the n-th
+    barrier of a launch waits for n * num_programs arrivals, so no counter is
+    ever reset mid-launch. The arrival is a release and the poll an acquire
+    (both at GPU scope), with a CTA barrier on either side, so every store this
+    program made before arriving is visible to every program after it leaves.
+    Scalar atomics run on one thread of the program. The spin is bounded: after
+    `max_spin` polls it gives up and sets *p_err, which the host turns into an
+    error (a hang becomes a RuntimeError).
+    """
+    tl.debug_barrier()
+    tl.atomic_add(p_sync, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(p_sync, 0, sem="acquire", scope="gpu")
+    n = 0
+    while (seen < target) & (n < max_spin):
+        seen = tl.atomic_add(p_sync, 0, sem="acquire", scope="gpu")
+        n += 1
+    if seen < target:
+        tl.atomic_max(p_err, 1)
+    tl.debug_barrier()
 
 
-@triton.jit(do_not_specialize=["t"])
-def lstm_fwd_step_kernel(
+@triton.jit(do_not_specialize=["steps", "max_spin"])
+def barrier_loop_kernel(
+    p_sync,  # (1,) int32 barrier counter, zero at launch
+    p_err,  # (1,) int32 set to 1 if a barrier timed out
+    steps,  # barriers to meet
+    max_spin,  # polls before a barrier gives up
+):
+    """A persistent loop that does nothing but meet the grid barrier `steps`
+    times: what one step of the LSTM kernels pays for synchronisation."""
+    nprog = tl.num_programs(0)
+    for s in range(0, steps):
+        _grid_barrier(p_sync, (s + 1) * nprog, max_spin, p_err)
+
+
+# ----------------------------------------------------------------------------
+# Tiles and products
+# ----------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_a(p_a, s_a_b, s_a_k, i_b, m_b, k0, K, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+            UPCAST_DOT: tl.constexpr):
+    """Rows i_b, columns [k0, k0 + BLOCK_K) of the streamed operand A (B, K),
+    read past L1: other programs wrote it, and L1 is not coherent. EVEN_K:
+    BLOCK_K divides K, so no column mask (fewer registers and instructions)."""
+    i_k = k0 + tl.arange(0, BLOCK_K)
+    m_a = m_b[:, None] if EVEN_K else m_b[:, None] & (i_k < K)[None, :]
+    b_a = tl.load(p_a + i_b[:, None] * s_a_b + i_k[None, :] * s_a_k, mask=m_a, other=0.0, cache_modifier=".cg")
+    if UPCAST_DOT:
+        b_a = b_a.to(tl.float32)
+    return b_a
+
+
+@triton.jit
+def _load_w(p_w, s_w_k, s_w_n, i_n, m_n, k0, K, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+            UPCAST_DOT: tl.constexpr):
+    """Rows [k0, k0 + BLOCK_K), columns i_n of a weight operand W (K, N)."""
+    i_k = k0 + tl.arange(0, BLOCK_K)
+    m_w = m_n[None, :] if EVEN_K else (i_k < K)[:, None] & m_n[None, :]
+    b_w = tl.load(p_w + i_k[:, None] * s_w_k + i_n[None, :] * s_w_n, mask=m_w, other=0.0)
+    if UPCAST_DOT:
+        b_w = b_w.to(tl.float32)
+    return b_w
+
+
+@triton.jit
+def _resident(p_w, s_w_k, s_w_n, i_n, m_n, K, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
+              EVEN_K: tl.constexpr, LOAD: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """This program's columns i_n of W (K, N) as a tuple of NUM_K tiles
+    (BLOCK_K, BLOCK_N), loaded once; an empty tuple unless LOAD."""
+    b_ws = ()
+    if LOAD:
+        for kk in tl.static_range(NUM_K):
+            b_ws = b_ws + (_load_w(p_w, s_w_k, s_w_n, i_n, m_n, kk * BLOCK_K, K, BLOCK_K, EVEN_K, UPCAST_DOT),)
+    return b_ws
+
+
+@triton.jit
+def _matmul(p_a, s_a_b, s_a_k, i_b, m_b, K, b_ws, p_w, s_w_k, s_w_n, i_n, m_n,
+            BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
+            EVEN_K: tl.constexpr, W_RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """A[i_b, :K] @ W[:K, i_n] as a float32 (BLOCK_B, BLOCK_N) tile; W from the
+    resident tiles b_ws, or streamed from memory chunk by chunk."""
+    b_acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    if W_RESIDENT:
+        for kk in tl.static_range(NUM_K):
+            b_a = _load_a(p_a, s_a_b, s_a_k, i_b, m_b, kk * BLOCK_K, K, BLOCK_K, EVEN_K, UPCAST_DOT)
+            b_acc = tl.dot(b_a, b_ws[kk], b_acc, input_precision=DOT_PRECISION)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            b_a = _load_a(p_a, s_a_b, s_a_k, i_b, m_b, k0, K, BLOCK_K, EVEN_K, UPCAST_DOT)
+            b_w = _load_w(p_w, s_w_k, s_w_n, i_n, m_n, k0, K, BLOCK_K, EVEN_K, UPCAST_DOT)
+            b_acc = tl.dot(b_a, b_w, b_acc, input_precision=DOT_PRECISION)
+    return b_acc
+
+
+@triton.jit
+def _split_gates(b_acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """(BLOCK_B, 4 * BLOCK_H) with column u * 4 + q for unit u of gate q ->
+    the four (BLOCK_B, BLOCK_H) gate tiles i, f, g, o."""
+    b_acc = tl.reshape(b_acc, [BLOCK_B, BLOCK_H, 2, 2])  # [.., u, q // 2, q % 2]
+    b_even, b_odd = tl.split(b_acc)  # q % 2 == 0: gates i, g; q % 2 == 1: f, o
+    b_i, b_g = tl.split(b_even)
+    b_f, b_o = tl.split(b_odd)
+    return b_i, b_f, b_g, b_o
+
+
+@triton.jit
+def _live_rows(p_len, i_b, m_b, t, PACKED: tl.constexpr):
+    """(BLOCK_B, 1) bool: the row is live at step t (every row, unless PACKED)."""
+    if PACKED:
+        b_live = (t < tl.load(p_len + i_b, mask=m_b, other=0))[:, None]
+    else:
+        b_live = (i_b >= 0)[:, None]
+    return b_live
+
+
+# ----------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------
+
+
+@triton.jit
+def _store_h(p_hs, p_out, p_hp, t64, s_hs_t, s_h_b, s_h_r, i_b, i_r, m_br, b_live, b_hn, PACKED: tl.constexpr):
+    """Store a tile of h[t] (columns i_r); when PACKED, dead rows carry h[t-1]
+    into hs and get zeros in out. This program wrote the h[t-1] tile itself."""
+    p_rows = i_b[:, None] * s_h_b + i_r[None, :] * s_h_r
+    ty = p_hs.dtype.element_ty
+    if PACKED:
+        b_h_prev = tl.load(p_hp + p_rows, mask=m_br, other=0.0)
+        tl.store(p_out + t64 * s_hs_t + p_rows, tl.where(b_live, b_hn, 0.0).to(ty), mask=m_br)
+        tl.store(p_hs + t64 * s_hs_t + p_rows, tl.where(b_live, b_hn.to(ty), b_h_prev), mask=m_br)
+    else:
+        tl.store(p_hs + t64 * s_hs_t + p_rows, b_hn.to(ty), mask=m_br)
+
+
+@triton.jit(do_not_specialize=["t0", "t1", "max_spin"])
+def lstm_fwd_kernel(
     p_xg,  # (T, B, 4H) input projection with both biases folded in
     p_w,  # (4H, R) recurrent weight W_hh
-    p_hp,  # (B, R) h[t-1], the state this step starts from
-    p_hn,  # (B, R) h[t], written unless HAS_PROJ (dead rows: a copy of h[t-1])
+    p_wr,  # (R, H) projection weight W_hr, read if HAS_PROJ
+    p_h0,  # (B, R) initial state; strides s_h_b, s_h_r like one step of hs
+    p_hs,  # (T, B, R) states h_1..h_T, written (dead rows: a copy of the previous state)
     p_c,  # (T+1, B, H) float32 cell states: reads c[t], writes c[t+1]
     p_gates,  # (T, B, 4H) float32 activated gates, written if SAVE_GATES
-    p_hc,  # (T, B, H) o * tanh(c) before the projection, written if HAS_PROJ
-    p_out,  # (T, B, R) output with dead rows zeroed, written if PACKED and not HAS_PROJ
+    p_hc,  # (T, B, H) o * tanh(c) before the projection, written and read if HAS_PROJ
+    p_out,  # (T, B, R) output with dead rows zeroed, written if PACKED; strides of hs
     p_len,  # (B,) int32 number of live steps per row, read if PACKED
-    t,  # time step (runtime int: never specialised)
+    p_sync,  # (1,) int32 barrier counter, zero at launch, used if PERSISTENT
+    p_err,  # (1,) int32 set to 1 if a barrier timed out
+    t0,  # first step of this launch
+    t1,  # one past its last step
     B,  # batch rows
     H,  # hidden units
     R,  # size of h (= H without projection)
+    max_spin,  # barrier polls before giving up
     s_xg_t, s_xg_b, s_xg_g,  # strides of xg
-    s_w_g, s_w_r,  # strides of w_hh
-    s_hp_b, s_hp_r,  # strides of hp
-    s_hn_b, s_hn_r,  # strides of hn
+    s_w_g, s_w_r,  # strides of w
+    s_wr_r, s_wr_h,  # strides of wr
+    s_hs_t, s_h_b, s_h_r,  # strides of hs (and out); h0 has (s_h_b, s_h_r)
     s_c_t, s_c_b, s_c_h,  # strides of c
     s_gt_t, s_gt_b, s_gt_g,  # strides of gates
     s_hc_t, s_hc_b, s_hc_h,  # strides of hc
-    s_o_t, s_o_b, s_o_r,  # strides of out
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr,  # batch rows per tile
+    BLOCK_H: tl.constexpr,  # hidden units per program (cell phase)
+    BLOCK_R: tl.constexpr,  # projected units per program (projection phase)
+    BLOCK_K: tl.constexpr,  # inner-dimension chunk of every product
+    NUM_KR: tl.constexpr,  # cdiv(R, BLOCK_K): chunks of the recurrent product
+    NUM_KH: tl.constexpr,  # cdiv(H, BLOCK_K): chunks of the projection
+    EVEN_K: tl.constexpr,  # BLOCK_K divides every inner dimension (R, and H with HAS_PROJ)
+    PERSISTENT: tl.constexpr,  # run [t0, t1) with grid barriers
+    CELL: tl.constexpr,  # run the cell phase
+    PROJECT: tl.constexpr,  # run the projection phase (HAS_PROJ only)
     HAS_PROJ: tl.constexpr,
     PACKED: tl.constexpr,
     SAVE_GATES: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    W_RESIDENT: tl.constexpr,  # weights loaded once per launch (else streamed per step)
+    DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee" (float32 only)
     UPCAST_DOT: tl.constexpr,
 ):
-    """gates = xg[t] + hp @ W_hh^T for a (BLOCK_B, 4 x BLOCK_H) tile, then
-    the cell update; dead rows (t >= len) keep h and c and get zeros in out."""
-    t64 = t.to(tl.int64)
-    i_b, i_h, i_k, m_b, m_h, m_bh = _tile(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
+    """Steps [t0, t1) of the forward: gates = xg[t] + h[t-1] @ W_hh^T, the cell
+    update, and with HAS_PROJ h[t] = (o * tanh(c)) @ W_hr^T. Dead rows
+    (t >= len) keep h and c and get zeros in out."""
+    pid = tl.program_id(0)
+    i_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = i_h < H
+    i_p = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    m_p = i_p < R
+    # The four gates' columns of W_hh^T, interleaved: column n of the stacked
+    # operand is unit n // 4 of gate n % 4, that is row (n % 4) * H + unit of
+    # w (so one product serves all four gates). W_hr^T[k, r] is wr[r, k].
+    i_n = tl.arange(0, 4 * BLOCK_H)
+    i_g = (i_n % 4) * H + pid * BLOCK_H + i_n // 4
+    m_g = pid * BLOCK_H + i_n // 4 < H
+    b_w = _resident(p_w, s_w_r, s_w_g, i_g, m_g, R, BLOCK_K, NUM_KR, EVEN_K, W_RESIDENT and CELL, UPCAST_DOT)
+    b_wr = _resident(p_wr, s_wr_h, s_wr_r, i_p, m_p, H, BLOCK_K, NUM_KH, EVEN_K, W_RESIDENT and PROJECT, UPCAST_DOT)
+    nprog = tl.num_programs(0)
+    n_phases: tl.constexpr = 2 if (CELL and PROJECT) else 1
 
-    # Recurrent product, one accumulator per gate; the h tile is loaded once
-    # per K step and shared by the four gates.
-    b_acc_i = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    b_acc_f = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    b_acc_g = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    b_acc_o = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    for k0 in range(0, R, BLOCK_K):
-        i_r = k0 + i_k
-        m_r = i_r < R
-        b_hp = tl.load(p_hp + i_b[:, None] * s_hp_b + i_r[None, :] * s_hp_r,
-                       mask=m_b[:, None] & m_r[None, :], other=0.0)
-        if UPCAST_DOT:
-            b_hp = b_hp.to(tl.float32)
-        # W_hh^T tile: rows are r, columns are hidden units of one gate.
-        p_wk = p_w + i_r[:, None] * s_w_r + i_h[None, :] * s_w_g
-        m_w = m_r[:, None] & m_h[None, :]
-        b_w = tl.load(p_wk, mask=m_w, other=0.0)
-        if UPCAST_DOT:
-            b_w = b_w.to(tl.float32)
-        b_acc_i = tl.dot(b_hp, b_w, b_acc_i, input_precision=DOT_PRECISION)
-        b_w = tl.load(p_wk + H * s_w_g, mask=m_w, other=0.0)
-        if UPCAST_DOT:
-            b_w = b_w.to(tl.float32)
-        b_acc_f = tl.dot(b_hp, b_w, b_acc_f, input_precision=DOT_PRECISION)
-        b_w = tl.load(p_wk + 2 * H * s_w_g, mask=m_w, other=0.0)
-        if UPCAST_DOT:
-            b_w = b_w.to(tl.float32)
-        b_acc_g = tl.dot(b_hp, b_w, b_acc_g, input_precision=DOT_PRECISION)
-        b_w = tl.load(p_wk + 3 * H * s_w_g, mask=m_w, other=0.0)
-        if UPCAST_DOT:
-            b_w = b_w.to(tl.float32)
-        b_acc_o = tl.dot(b_hp, b_w, b_acc_o, input_precision=DOT_PRECISION)
+    for t in range(t0, t1):
+        t64 = tl.cast(t, tl.int64)
+        # h[t-1]: h0 at the first step, else the previous step of hs.
+        p_hp = p_hs + (t64 - 1) * s_hs_t
+        if t == 0:
+            p_hp = p_h0
+        if CELL:
+            if pid * BLOCK_H < H:
+                for b0 in range(0, B, BLOCK_B):
+                    i_b = b0 + tl.arange(0, BLOCK_B)
+                    m_b = i_b < B
+                    m_bh = m_b[:, None] & m_h[None, :]
+                    b_gates = _matmul(p_hp, s_h_b, s_h_r, i_b, m_b, R, b_w, p_w, s_w_r, s_w_g, i_g, m_g,
+                                      BLOCK_B, 4 * BLOCK_H, BLOCK_K, NUM_KR, EVEN_K, W_RESIDENT, DOT_PRECISION,
+                                      UPCAST_DOT)
+                    b_ai, b_af, b_ag, b_ao = _split_gates(b_gates, BLOCK_B, BLOCK_H)
+                    p_x = p_xg + t64 * s_xg_t + i_b[:, None] * s_xg_b + i_h[None, :] * s_xg_g
+                    b_i = _sigmoid(b_ai + tl.load(p_x, mask=m_bh, other=0.0).to(tl.float32))
+                    b_f = _sigmoid(b_af + tl.load(p_x + H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
+                    b_g = _tanh(b_ag + tl.load(p_x + 2 * H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
+                    b_o = _sigmoid(b_ao + tl.load(p_x + 3 * H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
 
-    p_x = p_xg + t64 * s_xg_t + i_b[:, None] * s_xg_b + i_h[None, :] * s_xg_g
-    b_i = _sigmoid(b_acc_i + tl.load(p_x, mask=m_bh, other=0.0).to(tl.float32))
-    b_f = _sigmoid(b_acc_f + tl.load(p_x + H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
-    b_g = _tanh(b_acc_g + tl.load(p_x + 2 * H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
-    b_o = _sigmoid(b_acc_o + tl.load(p_x + 3 * H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
-
-    p_c_bh = p_c + i_b[:, None] * s_c_b + i_h[None, :] * s_c_h
-    b_c_prev = tl.load(p_c_bh + t64 * s_c_t, mask=m_bh, other=0.0)
-    b_c = b_f * b_c_prev + b_i * b_g
-    b_hn = b_o * _tanh(b_c)
-
-    if SAVE_GATES:
-        p_gt = p_gates + t64 * s_gt_t + i_b[:, None] * s_gt_b + i_h[None, :] * s_gt_g
-        tl.store(p_gt, b_i, mask=m_bh)
-        tl.store(p_gt + H * s_gt_g, b_f, mask=m_bh)
-        tl.store(p_gt + 2 * H * s_gt_g, b_g, mask=m_bh)
-        tl.store(p_gt + 3 * H * s_gt_g, b_o, mask=m_bh)
-
-    if PACKED:
-        b_len = tl.load(p_len + i_b, mask=m_b, other=0)
-        b_live = (t < b_len)[:, None]
-        b_c = tl.where(b_live, b_c, b_c_prev)
-    tl.store(p_c_bh + (t64 + 1) * s_c_t, b_c, mask=m_bh)
-
-    if HAS_PROJ:
-        # The projection (a GEMM over all of H) runs on the host; it also
-        # carries h over dead rows.
-        p_hc_bh = p_hc + t64 * s_hc_t + i_b[:, None] * s_hc_b + i_h[None, :] * s_hc_h
-        if PACKED:
-            b_hn = tl.where(b_live, b_hn, 0.0)
-        tl.store(p_hc_bh, b_hn.to(p_hc.dtype.element_ty), mask=m_bh)
-    else:
-        p_hn_bh = p_hn + i_b[:, None] * s_hn_b + i_h[None, :] * s_hn_r
-        if PACKED:
-            b_h_prev = tl.load(p_hp + i_b[:, None] * s_hp_b + i_h[None, :] * s_hp_r, mask=m_bh, other=0.0)
-            p_o = p_out + t64 * s_o_t + i_b[:, None] * s_o_b + i_h[None, :] * s_o_r
-            tl.store(p_o, tl.where(b_live, b_hn, 0.0).to(p_out.dtype.element_ty), mask=m_bh)
-            tl.store(p_hn_bh, tl.where(b_live, b_hn.to(p_hn.dtype.element_ty), b_h_prev), mask=m_bh)
-        else:
-            tl.store(p_hn_bh, b_hn.to(p_hn.dtype.element_ty), mask=m_bh)
+                    p_c_bh = p_c + i_b[:, None] * s_c_b + i_h[None, :] * s_c_h
+                    b_c_prev = tl.load(p_c_bh + t64 * s_c_t, mask=m_bh, other=0.0)
+                    b_c = b_f * b_c_prev + b_i * b_g
+                    b_hn = b_o * _tanh(b_c)
+                    if SAVE_GATES:
+                        p_gt = p_gates + t64 * s_gt_t + i_b[:, None] * s_gt_b + i_h[None, :] * s_gt_g
+                        tl.store(p_gt, b_i, mask=m_bh)
+                        tl.store(p_gt + H * s_gt_g, b_f, mask=m_bh)
+                        tl.store(p_gt + 2 * H * s_gt_g, b_g, mask=m_bh)
+                        tl.store(p_gt + 3 * H * s_gt_g, b_o, mask=m_bh)
+                    b_live = _live_rows(p_len, i_b, m_b, t, PACKED)
+                    tl.store(p_c_bh + (t64 + 1) * s_c_t, tl.where(b_live, b_c, b_c_prev), mask=m_bh)
+                    if HAS_PROJ:
+                        p_hc_bh = p_hc + t64 * s_hc_t + i_b[:, None] * s_hc_b + i_h[None, :] * s_hc_h
+                        tl.store(p_hc_bh, tl.where(b_live, b_hn, 0.0).to(p_hc.dtype.element_ty), mask=m_bh)
+                    else:
+                        _store_h(p_hs, p_out, p_hp, t64, s_hs_t, s_h_b, s_h_r, i_b, i_h, m_bh, b_live, b_hn, PACKED)
+            if PERSISTENT and PROJECT:
+                _grid_barrier(p_sync, ((t - t0) * n_phases + 1) * nprog, max_spin, p_err)
+        if PROJECT:
+            if pid * BLOCK_R < R:
+                for b0 in range(0, B, BLOCK_B):
+                    i_b = b0 + tl.arange(0, BLOCK_B)
+                    m_b = i_b < B
+                    b_hn = _matmul(p_hc + t64 * s_hc_t, s_hc_b, s_hc_h, i_b, m_b, H, b_wr, p_wr, s_wr_h, s_wr_r,
+                                   i_p, m_p, BLOCK_B, BLOCK_R, BLOCK_K, NUM_KH, EVEN_K, W_RESIDENT, DOT_PRECISION,
+                                   UPCAST_DOT)
+                    b_live = _live_rows(p_len, i_b, m_b, t, PACKED)
+                    _store_h(p_hs, p_out, p_hp, t64, s_hs_t, s_h_b, s_h_r, i_b, i_p, m_b[:, None] & m_p[None, :],
+                             b_live, b_hn, PACKED)
+        if PERSISTENT:
+            _grid_barrier(p_sync, (t - t0 + 1) * n_phases * nprog, max_spin, p_err)
 
 
-@triton.jit(do_not_specialize=["t"])
-def lstm_bwd_step_kernel(
-    p_a,  # (B, K) left operand of the recurrent product: dg[t+1] (K=4H) or, with projection, dh[t] (K=R)
-    p_w,  # (K, H) right operand: W_hh (4H, R=H) or, with projection, W_hr (R, H)
-    p_dout,  # (T, B, H) gradient reaching h[t] from outside the recurrence, read if HAS_DOUT
-    p_gates,  # (T, B, 4H) float32 activated gates from the forward
-    p_c,  # (T+1, B, H) float32 cell states from the forward
-    p_dc,  # (B, H) float32 running gradient of the cell state, updated in place
-    p_dg,  # (T+1, B, 4H) gradients of the gate pre-activations: writes dg[t]
-    p_len,  # (B,) int32 number of live steps per row, read if PACKED
-    t,  # time step (runtime int: never specialised)
-    B,  # batch rows
-    H,  # hidden units
-    K,  # inner size of the recurrent product
-    s_a_b, s_a_k,  # strides of a
-    s_w_k, s_w_h,  # strides of w
-    s_do_t, s_do_b, s_do_h,  # strides of dout
-    s_gt_t, s_gt_b, s_gt_g,  # strides of gates
-    s_c_t, s_c_b, s_c_h,  # strides of c
-    s_dc_b, s_dc_h,  # strides of dc
-    s_dg_t, s_dg_b, s_dg_g,  # strides of dg
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    HAS_DOUT: tl.constexpr,
-    PACKED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
-):
-    """dh[t] = a @ w (+ dout[t]) for a (BLOCK_B, BLOCK_H) tile, then the
-    pointwise backward of the cell: dg[t] and dc[t-1]. Dead rows write zero
-    gate gradients and pass dc through unchanged."""
-    t64 = t.to(tl.int64)
-    i_b, i_h, i_k, m_b, m_h, m_bh = _tile(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
+# ----------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------
 
-    b_dh = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        i_kk = k0 + i_k
-        m_k = i_kk < K
-        b_a = tl.load(p_a + i_b[:, None] * s_a_b + i_kk[None, :] * s_a_k,
-                      mask=m_b[:, None] & m_k[None, :], other=0.0)
-        b_w = tl.load(p_w + i_kk[:, None] * s_w_k + i_h[None, :] * s_w_h,
-                      mask=m_k[:, None] & m_h[None, :], other=0.0)
-        if UPCAST_DOT:
-            b_a = b_a.to(tl.float32)
-            b_w = b_w.to(tl.float32)
-        b_dh = tl.dot(b_a, b_w, b_dh, input_precision=DOT_PRECISION)
-    if HAS_DOUT:
-        p_do = p_dout + t64 * s_do_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_h
-        b_dh += tl.load(p_do, mask=m_bh, other=0.0).to(tl.float32)
 
+@triton.jit
+def _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H,
+                   s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h, s_dg_t, s_dg_b, s_dg_g,
+                   PACKED: tl.constexpr):
+    """Pointwise backward of one (BLOCK_B, BLOCK_H) tile of the cell at step t,
+    given dh[t]: writes dg[t] and updates dc (this program's tile only)."""
     p_gt = p_gates + t64 * s_gt_t + i_b[:, None] * s_gt_b + i_h[None, :] * s_gt_g
     b_i = tl.load(p_gt, mask=m_bh, other=0.0)
     b_f = tl.load(p_gt + H * s_gt_g, mask=m_bh, other=0.0)
@@ -227,15 +354,14 @@ def lstm_bwd_step_kernel(
     b_dc = b_dc_next + b_dh * b_o * (1.0 - b_tc * b_tc)
     b_di = b_dc * b_g * b_i * (1.0 - b_i)
     b_df = b_dc * b_c_prev * b_f * (1.0 - b_f)
-    b_dg = b_dc * b_i * (1.0 - b_g * b_g)
+    b_dgg = b_dc * b_i * (1.0 - b_g * b_g)
     b_do = b_dh * b_tc * b_o * (1.0 - b_o)
     b_dc = b_dc * b_f
     if PACKED:
-        b_len = tl.load(p_len + i_b, mask=m_b, other=0)
-        b_live = (t < b_len)[:, None]
+        b_live = _live_rows(p_len, i_b, m_b, t, PACKED)
         b_di = tl.where(b_live, b_di, 0.0)
         b_df = tl.where(b_live, b_df, 0.0)
-        b_dg = tl.where(b_live, b_dg, 0.0)
+        b_dgg = tl.where(b_live, b_dgg, 0.0)
         b_do = tl.where(b_live, b_do, 0.0)
         b_dc = tl.where(b_live, b_dc, b_dc_next)
     tl.store(p_dc_bh, b_dc, mask=m_bh)
@@ -244,5 +370,107 @@ def lstm_bwd_step_kernel(
     ty = p_dg.dtype.element_ty
     tl.store(p_dg_bh, b_di.to(ty), mask=m_bh)
     tl.store(p_dg_bh + H * s_dg_g, b_df.to(ty), mask=m_bh)
-    tl.store(p_dg_bh + 2 * H * s_dg_g, b_dg.to(ty), mask=m_bh)
+    tl.store(p_dg_bh + 2 * H * s_dg_g, b_dgg.to(ty), mask=m_bh)
     tl.store(p_dg_bh + 3 * H * s_dg_g, b_do.to(ty), mask=m_bh)
+
+
+@triton.jit(do_not_specialize=["t0", "t1", "max_spin"])
+def lstm_bwd_kernel(
+    p_dg,  # (T+1, B, 4H) gradients of the gate pre-activations: reads dg[t+1], writes dg[t]
+    p_w,  # (4H, R) recurrent weight W_hh
+    p_wr,  # (R, H) projection weight W_hr, read if HAS_PROJ
+    p_dout,  # (T, B, R) gradient reaching h[t] from outside the recurrence
+    p_dh,  # (T, B, R) dh[t], written and read if HAS_PROJ
+    p_gates,  # (T, B, 4H) float32 activated gates from the forward
+    p_c,  # (T+1, B, H) float32 cell states from the forward
+    p_dc,  # (B, H) float32 running gradient of the cell state, updated in place
+    p_len,  # (B,) int32 number of live steps per row, read if PACKED
+    p_sync,  # (1,) int32 barrier counter, zero at launch, used if PERSISTENT
+    p_err,  # (1,) int32 set to 1 if a barrier timed out
+    t0,  # lowest step of this launch
+    t1,  # one past its highest step (steps run from t1 - 1 down to t0)
+    B,  # batch rows
+    H,  # hidden units
+    R,  # size of h (= H without projection)
+    max_spin,  # barrier polls before giving up
+    s_dg_t, s_dg_b, s_dg_g,  # strides of dg
+    s_w_g, s_w_r,  # strides of w
+    s_wr_r, s_wr_h,  # strides of wr
+    s_do_t, s_do_b, s_do_r,  # strides of dout
+    s_dh_t, s_dh_b, s_dh_r,  # strides of dh
+    s_gt_t, s_gt_b, s_gt_g,  # strides of gates
+    s_c_t, s_c_b, s_c_h,  # strides of c
+    s_dc_b, s_dc_h,  # strides of dc
+    BLOCK_B: tl.constexpr,  # batch rows per tile
+    BLOCK_H: tl.constexpr,  # hidden units per program (cell phase)
+    BLOCK_R: tl.constexpr,  # units of h per program (recurrent phase, with projection)
+    BLOCK_K: tl.constexpr,  # inner-dimension chunk of every product
+    NUM_KG: tl.constexpr,  # cdiv(4H, BLOCK_K): chunks of the recurrent product
+    NUM_KR: tl.constexpr,  # cdiv(R, BLOCK_K): chunks of the projection's product
+    EVEN_K: tl.constexpr,  # BLOCK_K divides every inner dimension (4H, and R with HAS_PROJ)
+    PERSISTENT: tl.constexpr,  # run [t0, t1) with grid barriers
+    RECUR: tl.constexpr,  # run the recurrent phase (with HAS_PROJ; fused into CELL without)
+    CELL: tl.constexpr,  # run the cell phase
+    HAS_PROJ: tl.constexpr,
+    PACKED: tl.constexpr,
+    W_RESIDENT: tl.constexpr,  # weights loaded once per launch (else streamed per step)
+    DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee" (float32 only)
+    UPCAST_DOT: tl.constexpr,
+):
+    """Steps t1-1 down to t0 of the backward: dh[t] = dg[t+1] @ W_hh + dout[t]
+    (then dh[t] @ W_hr with HAS_PROJ), and the pointwise backward of the cell:
+    dg[t] and dc. Dead rows write zero gate gradients and pass dc through."""
+    pid = tl.program_id(0)
+    i_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = i_h < H
+    i_p = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    m_p = i_p < R
+    # Without projection the cell phase computes dh for its own units itself.
+    if HAS_PROJ:
+        b_w = _resident(p_w, s_w_g, s_w_r, i_p, m_p, 4 * H, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT and RECUR, UPCAST_DOT)
+        b_wr = _resident(p_wr, s_wr_r, s_wr_h, i_h, m_h, R, BLOCK_K, NUM_KR, EVEN_K, W_RESIDENT and CELL, UPCAST_DOT)
+    else:
+        b_w = _resident(p_w, s_w_g, s_w_r, i_h, m_h, 4 * H, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT and CELL, UPCAST_DOT)
+        b_wr = b_w
+    nprog = tl.num_programs(0)
+    n_phases: tl.constexpr = 2 if (RECUR and CELL) else 1
+
+    for s in range(0, t1 - t0):
+        t = t1 - 1 - s
+        t64 = tl.cast(t, tl.int64)
+        p_dg_next = p_dg + (t64 + 1) * s_dg_t
+        if RECUR:
+            if pid * BLOCK_R < R:
+                for b0 in range(0, B, BLOCK_B):
+                    i_b = b0 + tl.arange(0, BLOCK_B)
+                    m_b = i_b < B
+                    m_bp = m_b[:, None] & m_p[None, :]
+                    b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_p, m_p,
+                                   BLOCK_B, BLOCK_R, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION, UPCAST_DOT)
+                    p_do = p_dout + t64 * s_do_t + i_b[:, None] * s_do_b + i_p[None, :] * s_do_r
+                    b_dh += tl.load(p_do, mask=m_bp, other=0.0).to(tl.float32)
+                    p_dh_bp = p_dh + t64 * s_dh_t + i_b[:, None] * s_dh_b + i_p[None, :] * s_dh_r
+                    tl.store(p_dh_bp, b_dh.to(p_dh.dtype.element_ty), mask=m_bp)
+            if PERSISTENT and CELL:
+                _grid_barrier(p_sync, (s * n_phases + 1) * nprog, max_spin, p_err)
+        if CELL:
+            if pid * BLOCK_H < H:
+                for b0 in range(0, B, BLOCK_B):
+                    i_b = b0 + tl.arange(0, BLOCK_B)
+                    m_b = i_b < B
+                    m_bh = m_b[:, None] & m_h[None, :]
+                    if HAS_PROJ:
+                        b_dh = _matmul(p_dh + t64 * s_dh_t, s_dh_b, s_dh_r, i_b, m_b, R, b_wr, p_wr, s_wr_r, s_wr_h,
+                                       i_h, m_h, BLOCK_B, BLOCK_H, BLOCK_K, NUM_KR, EVEN_K, W_RESIDENT, DOT_PRECISION,
+                                       UPCAST_DOT)
+                    else:
+                        b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_h,
+                                       m_h, BLOCK_B, BLOCK_H, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION,
+                                       UPCAST_DOT)
+                        p_do = p_dout + t64 * s_do_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_r
+                        b_dh += tl.load(p_do, mask=m_bh, other=0.0).to(tl.float32)
+                    _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H,
+                                   s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h,
+                                   s_dg_t, s_dg_b, s_dg_g, PACKED)
+        if PERSISTENT:
+            _grid_barrier(p_sync, (s + 1) * n_phases * nprog, max_spin, p_err)

@@ -1,10 +1,24 @@
-"""The Triton layer primitive against the float64 reference loop.
+"""The Triton layer primitive against the float64 reference loop, in every
+launch mode, and its launch plan.
 
 Runs under the Triton interpreter on the CPU (tests/conftest.py sets
 TRITON_INTERPRET=1), or compiled on a GPU with FASTLSTM_TEST_NATIVE=1. Every
 buffer the launchers allocate is pre-filled with NaN, so a tile the kernels
 forget to write fails loudly.
+
+The same kernels run in each mode (`MODES`), and every conformance test runs
+in several:
+- "persistent": the plan the device gets. Under the interpreter that is one
+  program running every step in one launch (the interpreter runs programs
+  one after another, so a multi-program spin barrier would hang there); on
+  a GPU, the real multi-program grid and its barrier.
+- "per-step": many small programs (4 hidden units each, 16-wide K chunks),
+  one launch per step and phase: the fallback, and the multi-program grid
+  the interpreter can run.
+- "streamed": persistent, with the weights re-read every step instead of
+  held on chip (the plan for layers whose weights do not fit).
 """
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -14,13 +28,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fastlstm
 from fastlstm import _dispatch
 from fastlstm.backends.reference import lstm_layer_reference
+from helpers import Case, assert_same, run
 
 triton = pytest.importorskip("triton")
 from fastlstm.backends import triton as tb  # noqa: E402
 
 DEVICE = "cuda" if os.environ.get("FASTLSTM_TEST_NATIVE", "0") == "1" else "cpu"
+INTERPRETED = DEVICE == "cpu"
 
 # (atol, rtol) against a float64 reference computed from the same
 # (dtype-rounded) inputs. atol is relative to max(1, max|reference|), because
@@ -33,6 +50,8 @@ TOLERANCES = {
 
 INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
+MODES = ("persistent", "per-step", "streamed")
+
 
 @pytest.fixture(autouse=True)
 def _nan_buffers(monkeypatch):
@@ -42,6 +61,35 @@ def _nan_buffers(monkeypatch):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(tb, "_empty", empty)
+
+
+def _use_mode(monkeypatch, mode: str, **changes) -> None:
+    """Make the backend plan its launches as `mode` says (see the module doc);
+    `changes` override plan fields of both kernels."""
+    real = tb.plans_for
+
+    def plans_for(x, hidden, proj, training):
+        if mode == "per-step":
+            monkeypatch.setattr(tb, "_MIN_UNITS", 4)
+            args = (x.shape[1], hidden, proj, x.dtype, 10_000, 227 * 1024, training)
+            plans = [tb.launch_plan(*args, kernel=k, cooperative=False) for k in ("forward", "backward")]
+            plans = [dataclasses.replace(p, persistent=False, block_k=16) for p in plans]
+            if not training:
+                plans[1] = None
+        else:
+            plans = list(real(x, hidden, proj, training))
+            if mode == "streamed":
+                plans = [p and dataclasses.replace(p, w_resident=False, smem_bytes=0, num_stages=2, block_k=16)
+                         for p in plans]
+        return tuple(p and dataclasses.replace(p, **changes) for p in plans)
+
+    monkeypatch.setattr(tb, "plans_for", plans_for)
+
+
+@pytest.fixture(params=MODES)
+def mode(request, monkeypatch):
+    _use_mode(monkeypatch, request.param)
+    return request.param
 
 
 @dataclass
@@ -146,7 +194,7 @@ GRID = [
 
 
 @pytest.mark.parametrize("layer", GRID, ids=str)
-def test_float32_matches_reference(layer):
+def test_float32_matches_reference(layer, mode):
     _check_layer(layer, torch.float32)
 
 
@@ -156,10 +204,11 @@ def test_float32_matches_reference(layer):
     Layer(T=5, B=4, I=3, H=7, proj=5, packed=True),
     Layer(T=5, B=3, I=3, H=9, packed=True, bias=False),
 ], ids=str)
-def test_half_matches_reference(layer, dtype):
+def test_half_matches_reference(layer, dtype, mode):
     _check_layer(layer, dtype)
 
 
+@pytest.mark.parametrize("mode_name", ["per-step", "persistent"])
 @settings(max_examples=30)
 @given(
     T=st.integers(1, 5),
@@ -172,19 +221,11 @@ def test_half_matches_reference(layer, dtype):
     dtype=st.sampled_from([torch.float32, torch.float32, torch.float16, torch.bfloat16]),
     seed=st.integers(0, 2**16),
 )
-def test_property_matches_reference(T, B, I, H, proj, bias, packed, dtype, seed):
+def test_property_matches_reference(mode_name, T, B, I, H, proj, bias, packed, dtype, seed):
     proj = proj if proj < H else 0
-    _check_layer(Layer(T, B, I, H, proj=proj, bias=bias, packed=packed, seed=seed), dtype)
-
-
-@pytest.fixture
-def _small_blocks(monkeypatch):
-    """Pretend the device has many SMs, so the heuristics pick 16-unit hidden
-    blocks and the grid has several programs along both axes."""
-    monkeypatch.setattr(tb, "_num_sms", lambda device: 10_000)
-    tb._blocks.cache_clear()
-    yield
-    tb._blocks.cache_clear()
+    with pytest.MonkeyPatch.context() as mp:
+        _use_mode(mp, mode_name)
+        _check_layer(Layer(T, B, I, H, proj=proj, bias=bias, packed=packed, seed=seed), dtype)
 
 
 @pytest.mark.parametrize("layer,dtype", [
@@ -192,15 +233,20 @@ def _small_blocks(monkeypatch):
     (Layer(T=4, B=37, I=2, H=36, proj=33, packed=True), torch.float32),
     (Layer(T=3, B=67, I=2, H=35, packed=True), torch.bfloat16),
 ], ids=lambda v: str(v) if isinstance(v, Layer) else str(v)[6:])
-def test_multi_program_grid(layer, dtype, _small_blocks):
-    B, H, R = layer.B, layer.H, layer.proj or layer.H
-    block_b, block_h, block_k, _, _ = tb._blocks(B, H, R, dtype, torch.device(DEVICE))
-    if DEVICE == "cpu":
-        assert -(-B // block_b) > 1 and -(-H // block_h) > 1 and -(-R // block_k) > 1, "grid too small"
+def test_several_batch_blocks_and_k_chunks(layer, dtype, mode):
+    """Shapes that need more than one batch tile per step, and (in the per-step
+    and streamed modes) several K chunks per product."""
+    fwd, bwd = tb.plans_for(torch.empty(layer.T, layer.B, layer.I, dtype=dtype), layer.H, layer.proj, True)
+    R = layer.proj or layer.H
+    assert -(-layer.B // fwd.block_b) > 1, f"one batch tile only: {fwd}"
+    if mode != "persistent":
+        assert -(-R // fwd.block_k) > 1 and -(-4 * layer.H // bwd.block_k) > 1, f"one K chunk only: {fwd}"
+    if mode == "per-step" and INTERPRETED:
+        assert fwd.grid[0] > 1 and bwd.grid[0] > 1 and not fwd.persistent, f"not a multi-program grid: {fwd}"
     _check_layer(layer, dtype)
 
 
-def test_any_strides():
+def test_any_strides(mode):
     """Transposed inputs and weights (explicit strides in the kernels)."""
     layer = Layer(T=4, B=3, I=5, H=7, proj=4)
     inputs = layer.inputs()
@@ -222,7 +268,7 @@ def test_any_strides():
 
 @pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_no_grad_forward_matches(packed, proj):
+def test_no_grad_forward_matches(packed, proj, mode):
     # Without grad the cell (and projection input) buffers are one tile
     # updated in place; the results must not change.
     layer = Layer(T=4, B=3, I=3, H=7, proj=proj, packed=packed)
@@ -295,28 +341,243 @@ def test_dispatch_gives_triton_under_the_interpreter():
     assert _dispatch.resolve_backend("triton", torch.zeros(2, 1, 3)) is tb.lstm_layer_triton
 
 
-@pytest.mark.parametrize("api", ["legacy", "new"])
-def test_tf32_setting_is_read_through_either_api(api):
-    # torch raises if the legacy flag is read after the new API was used, so
-    # the launcher must read whichever one the user set.
-    matmul = torch.backends.cuda.matmul
-    if api == "new" and not hasattr(matmul, "fp32_precision"):
-        pytest.skip("this torch has no fp32_precision API")
-    before = matmul.fp32_precision if api == "new" else matmul.allow_tf32
+@pytest.mark.parametrize("T", [1, 2, 37])
+@pytest.mark.parametrize("options", [
+    dict(proj_size=3, packed="unsorted"),
+    dict(bidirectional=True, num_layers=2, packed="sorted"),
+    dict(bidirectional=True, proj_size=2, bias=False),
+], ids=["proj-packed", "bidir-2layers-packed", "bidir-proj-nobias"])
+def test_whole_lstm_matches_nn_lstm_in_float64(T, options, monkeypatch):
+    """fastlstm.LSTM on the persistent kernels (float32) against a float64
+    nn.LSTM with the same weights: outputs, final states and every gradient."""
+    _use_mode(monkeypatch, "persistent")
+    B = 3
+    lengths = [T, max(1, T - 1), max(1, T // 2)] if options.get("packed") else []
+    case = Case(input_size=3, hidden_size=5, batch=B, seq_len=T, lengths=lengths, train=True, seed=T, **options)
+    ref = torch.nn.LSTM(case.input_size, case.hidden_size, **case.kwargs()).double()
+    ours = fastlstm.LSTM(case.input_size, case.hidden_size, **case.kwargs(), backend="triton")
+    ours.load_state_dict(ref.state_dict())
+    ours.to(device=DEVICE, dtype=torch.float32)
+    inputs = case.make_inputs()
+    want = run(ref, case, torch.float64, *inputs)
+    got = run(ours, case, torch.float32, *inputs, device=DEVICE)
+    assert_same(got, want, torch.float32, f"triton persistent {case}")
+
+
+# ----------------------------------------------------------------------------
+# Launches, barrier, precision
+# ----------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Stands in for a kernel: records the arguments of every launch by name."""
+
+    def __init__(self, kernel):
+        self.kernel, self.fn, self.launches = kernel, kernel.fn, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            named = dict(zip(tb._param_names(self.kernel), args), **kwargs)
+            self.launches.append(dict(named, grid=grid))
+            return launch(*args, **kwargs)
+
+        return run
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """The forward and backward kernels, recording their launches (interpreter only:
+    on a GPU the per-step fallback launches the compiled kernel directly)."""
+    if not INTERPRETED:
+        pytest.skip("launches are recorded under the interpreter")
+    fwd, bwd = _Recorder(tb._k.lstm_fwd_kernel), _Recorder(tb._k.lstm_bwd_kernel)
+    monkeypatch.setattr(tb._k, "lstm_fwd_kernel", fwd)
+    monkeypatch.setattr(tb._k, "lstm_bwd_kernel", bwd)
+    return fwd, bwd
+
+
+def _train_once(layer: Layer, dtype=torch.float32):
+    inputs = {k: (v.to(device=DEVICE, dtype=dtype).requires_grad_() if v is not None else None)
+              for k, v in layer.inputs().items()}
+    out, h_n, c_n = tb.lstm_layer_triton(*inputs.values(), batch_sizes=layer.batch_sizes())
+    (out.sum() + h_n.sum() + c_n.sum()).backward()
+
+
+@pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
+def test_persistent_launch_count_does_not_grow_with_T(recorded, monkeypatch, proj):
+    _use_mode(monkeypatch, "persistent")
+    fwd, bwd = recorded
+    counts = []
+    for T in (4, 64):
+        fwd.launches.clear()
+        bwd.launches.clear()
+        _train_once(Layer(T=T, B=2, I=3, H=5, proj=proj, packed=True))
+        assert all(launch["PERSISTENT"] for launch in fwd.launches + bwd.launches)
+        counts.append((len(fwd.launches), len(bwd.launches)))
+    assert counts == [(1, 1), (1, 1)], f"(forward, backward) launches at T=4 and T=64: {counts}"
+    # One step needs no barrier (nor the host's wait to check it): launched as one step.
+    fwd.launches.clear()
+    bwd.launches.clear()
+    _train_once(Layer(T=1, B=2, I=3, H=5, proj=proj))
+    phases = 2 if proj else 1
+    assert len(fwd.launches) == len(bwd.launches) == phases
+    assert not any(launch["PERSISTENT"] for launch in fwd.launches + bwd.launches)
+
+
+@pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
+def test_persistent_launches_split_where_the_barrier_counter_would_overflow(recorded, monkeypatch, proj):
+    """The counter is an int32 that only grows within a launch; a sequence longer
+    than it allows runs in several persistent launches, in time order (the
+    backward from the last steps down)."""
+    _use_mode(monkeypatch, "persistent")
+    monkeypatch.setattr(tb, "_MAX_ARRIVALS", 6)  # one program: 6 or 3 steps a launch
+    fwd, bwd = recorded
+    _check_layer(Layer(T=8, B=3, I=2, H=5, proj=proj, packed=True), torch.float32)
+    n = 3 if proj else 6
+    starts = list(range(0, 8, n))
+    assert [(launch["t0"], launch["t1"]) for launch in fwd.launches] == [(t, min(8, t + n)) for t in starts]
+    assert [(launch["t0"], launch["t1"]) for launch in bwd.launches] == [(t, min(8, t + n)) for t in starts[::-1]]
+
+
+@pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
+def test_per_step_fallback_launches_once_per_step_and_phase(recorded, monkeypatch, proj):
+    _use_mode(monkeypatch, "per-step")
+    fwd, bwd = recorded
+    T = 6
+    _train_once(Layer(T=T, B=2, I=3, H=9, proj=proj))
+    phases = 2 if proj else 1
+    assert len(fwd.launches) == len(bwd.launches) == T * phases
+    assert [launch["t0"] for launch in fwd.launches][::phases] == list(range(T))
+    assert [launch["t0"] for launch in bwd.launches][::phases] == list(range(T - 1, -1, -1))
+    assert all(launch["t1"] == launch["t0"] + 1 and not launch["PERSISTENT"] for launch in fwd.launches)
+
+
+def test_barrier_counts_every_arrival_and_flags_a_timeout(monkeypatch):
+    """The barrier alone (the GPU microbenchmark's kernel): one program meets it
+    trivially; two programs run one after another (the interpreter) cannot
+    meet, and the bounded spin gives up and raises the flag."""
+    if not INTERPRETED:
+        pytest.skip("the timeout needs a grid that is not co-resident: the interpreter's")
+    assert tb.barrier_loop(1, 5, DEVICE).tolist() == [5, 0]
+    monkeypatch.setattr(tb, "_MAX_SPIN", 10)
+    arrivals, err = tb.barrier_loop(2, 3, DEVICE).tolist()
+    assert arrivals == 6 and err == 1
+
+
+def test_column_masks_are_dropped_only_where_the_k_chunk_divides_the_sizes(recorded, monkeypatch):
+    _use_mode(monkeypatch, "per-step")  # 16-wide K chunks
+    fwd, bwd = recorded
+    _train_once(Layer(T=2, B=2, I=3, H=16))
+    even = [launch["EVEN_K"] for launch in fwd.launches + bwd.launches]
+    fwd.launches.clear()
+    bwd.launches.clear()
+    _train_once(Layer(T=2, B=2, I=3, H=13))
+    odd = [launch["EVEN_K"] for launch in fwd.launches + bwd.launches]
+    assert even == [True] * 4 and odd == [False] * 4
+
+
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_barrier_timeout_is_an_error_naming_the_shape(monkeypatch, which):
+    """A persistent grid whose programs are not all resident at once: the
+    interpreter runs them one after another, so the first waits at its barrier
+    in vain. The bounded spin gives up and the host raises."""
+    if not INTERPRETED:
+        pytest.skip("on a GPU the persistent grid is co-resident; the interpreter is not")
+    monkeypatch.setattr(tb, "_MAX_SPIN", 20)
+    monkeypatch.setattr(tb, "_MIN_UNITS", 4)
+    real = tb.plans_for
+
+    def plans_for(x, hidden, proj, training):
+        args = (x.shape[1], hidden, proj, x.dtype, 10_000, 227 * 1024, training)
+        # cooperative=True: a two-program persistent grid, which cannot work here
+        bad = [tb.launch_plan(*args, kernel=k, cooperative=True) for k in ("forward", "backward")]
+        assert all(p.persistent and p.grid[0] > 1 for p in bad)
+        good = real(x, hidden, proj, training)
+        return (bad[0], bad[1]) if which == "forward" else (good[0], bad[1])
+
+    monkeypatch.setattr(tb, "plans_for", plans_for)
+    with pytest.raises(RuntimeError, match=rf"barrier .*timed out \({which}, T=3, B=2, I=3, H=7, R=7, float32"):
+        _train_once(Layer(T=3, B=2, I=3, H=7))
+
+
+@pytest.mark.parametrize("flag", [True, False], ids=["tf32-on", "tf32-off"])
+def test_float32_products_follow_cudnns_tf32_flag(recorded, monkeypatch, flag):
+    """As nn.LSTM on CUDA: the recurrent products use TF32 unless cuDNN's flag is
+    off. (The interpreter computes in full float32 either way, so this checks
+    that the setting reaches the kernels.)"""
+    _use_mode(monkeypatch, "persistent")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=flag):
+        assert tb._dot_precision(torch.float32) == ("tf32" if flag else "ieee")
+        _train_once(Layer(T=2, B=2, I=3, H=5))
+        _train_once(Layer(T=2, B=2, I=3, H=5), dtype=torch.bfloat16)
+    fwd, bwd = recorded
+    want = "tf32" if flag else "ieee"
+    assert [launch["DOT_PRECISION"] for launch in fwd.launches + bwd.launches] == [want, "tf32"] * 2
+
+
+@pytest.mark.skipif(not hasattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision"),
+                    reason="this torch has no per-op fp32_precision API")
+def test_tf32_flag_is_read_through_the_new_api():
+    rnn = torch.backends.cudnn.rnn
+    before = rnn.fp32_precision
     try:
-        if api == "new":
-            matmul.fp32_precision = "tf32"
-        else:
-            matmul.allow_tf32 = True
-        assert tb._dot_precision(torch.float32) == "tf32"
-        if api == "new":
-            matmul.fp32_precision = "ieee"
-        else:
-            matmul.allow_tf32 = False
+        rnn.fp32_precision = "ieee"
         assert tb._dot_precision(torch.float32) == "ieee"
-        assert tb._dot_precision(torch.bfloat16) == "tf32"  # ignored for 16-bit dots
+        rnn.fp32_precision = "tf32"
+        assert tb._dot_precision(torch.float32) == "tf32"
     finally:
-        if api == "new":
-            matmul.fp32_precision = before
-        else:
-            matmul.allow_tf32 = before
+        rnn.fp32_precision = before
+
+
+# ----------------------------------------------------------------------------
+# The launch plan
+# ----------------------------------------------------------------------------
+
+H100 = dict(sm_count=132, smem_per_block=227 * 1024)
+
+
+@pytest.mark.parametrize("training,kernel", [(False, "forward"), (True, "forward"), (True, "backward")],
+                         ids=["infer", "train-forward", "train-backward"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
+def test_plan_is_persistent_with_weights_on_chip_up_to_1024_on_an_h100(dtype, training, kernel):
+    for B in (1, 8, 16, 64, 256):
+        for H in (128, 256, 512, 768, 1024):
+            p = tb.launch_plan(B, H, 0, dtype, **H100, training=training, kernel=kernel)
+            assert p.persistent and p.w_resident, f"B={B} H={H}: {p}"
+            assert p.grid[0] <= 132 and p.grid[0] * p.block_h >= H > (p.grid[0] - 1) * p.block_h, p
+            assert p.smem_bytes + tb._SMEM_SLACK <= 227 * 1024 and p.num_stages == 1, p
+            assert p.block_b <= max(16, B) * 2 and p.block_k >= 16, p
+
+
+def test_plan_examples():
+    p = tb.launch_plan(16, 768, 0, torch.bfloat16, **H100, training=True)
+    assert (p.grid, p.block_h, p.smem_bytes) == ((96,), 8, 4 * 8 * 768 * 2)
+    p = tb.launch_plan(16, 1024, 256, torch.float32, **H100, training=True, kernel="backward")
+    assert (p.grid, p.proj_grid, p.block_h, p.block_r) == ((128,), 32, 8, 8)
+    assert p.smem_bytes == (8 * 4096 + 8 * 256) * 4
+    # Weights too large for shared memory are streamed, still in one launch.
+    p = tb.launch_plan(16, 4096, 0, torch.float32, **H100, training=False)
+    assert p.persistent and not p.w_resident and p.grid == (128,) and p.num_stages == 2
+    # Exact float32 products (TF32 off) run on FMA units: weights streamed.
+    p = tb.launch_plan(16, 1024, 0, torch.float32, **H100, training=True, exact_fp32=True)
+    assert p.persistent and not p.w_resident and p.block_k == 32 and p.num_stages == 2
+    # Without cooperative launches only a one-program grid may be persistent.
+    assert not tb.launch_plan(16, 1024, 0, torch.float32, **H100, training=False, cooperative=False).persistent
+    assert tb.launch_plan(4, 8, 0, torch.float32, 1, 10**6, training=False, cooperative=False).persistent
+    assert "persistent: 96 programs x 8 units" in str(tb.launch_plan(16, 768, 0, torch.bfloat16, **H100,
+                                                                     training=False))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel="sideways"), "kernel must be"),
+    (dict(dtype=torch.float64), "dtype must be"),
+    (dict(batch=0), "batch"),
+    (dict(proj=-1), "proj"),
+])
+def test_plan_refuses_bad_arguments(kwargs, match):
+    args = dict(batch=4, hidden=8, proj=0, dtype=torch.float32, **H100, training=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        tb.launch_plan(**args)

@@ -1,27 +1,39 @@
-"""The Triton backend: one LSTM layer, one direction, one fused launch per step.
+"""The Triton backend: one LSTM layer, one direction, in one persistent launch.
 
 Pieces, by name:
-    kernels          `fastlstm.kernels.lstm`: `lstm_fwd_step_kernel`,
-                     `lstm_bwd_step_kernel` (only `@triton.jit` code).
-    launchers        `_lstm_fwd_step`, `_lstm_bwd_step` (launch heuristics),
-                     `_lstm_fwd`, `_lstm_bwd` (the time loops and the big GEMMs).
+    kernels          `fastlstm.kernels.lstm`: `lstm_fwd_kernel`,
+                     `lstm_bwd_kernel` (only `@triton.jit` code).
+    launch plan      `launch_plan` -> `LaunchPlan`: persistent or per step,
+                     the grid, the block sizes, where the weights live.
+    launchers        `_launch` (one kernel over all steps, persistent or step
+                     by step), `_lstm_fwd`, `_lstm_bwd` (buffers, the host
+                     GEMMs and the launches).
     Function         `LSTMTritonFunction`.
     public function  `lstm_layer_triton` (the layer primitive, see
                      `fastlstm.backends`).
 
-Forward: x @ W_ih^T + b_ih + b_hh for all steps in one GEMM, then per step one
-kernel doing h[t] @ W_hh^T, the gate nonlinearities and the cell update (plus a
-host GEMM for the projection, when there is one). Backward: per step one kernel
-doing the recurrent product dg[t+1] @ W_hh and the pointwise cell backward (plus
-a host GEMM for the projection); every weight gradient, the bias gradients and
-dx are GEMMs/reductions over all steps at once.
+Forward: x @ W_ih^T + b_ih + b_hh for all steps in one GEMM, then one
+persistent launch for the whole recurrence: each program holds its hidden
+units' slice of W_hh (and of W_hr) on chip for all T steps, and the programs
+meet at a grid barrier once per step (twice with a projection). Backward: one
+persistent launch for the recurrence dh = dg[t+1] @ W_hh (+ W_hr) and the
+pointwise cell backward; every weight gradient, the bias gradients, dx and
+dh0 are then GEMMs/reductions over all steps at once.
+
+Where a persistent launch cannot run (the interpreter with more than one
+program, or a triton without cooperative launches) the same kernels run one
+launch per step (per phase), through the compiled kernel directly rather
+than Triton's dispatcher, with no per-step tensor views.
 
 Storage: h in the input dtype (it only feeds storage-dtype dots), c, gates and
 all accumulation in float32. float64 is not supported: use backend 'jit'.
 """
 import contextlib
+import dataclasses
 import functools
-from typing import List, Optional, Tuple
+import inspect
+import os
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -32,19 +44,24 @@ from ._common import needs_autograd, refuse_double_backward, sequence_lengths
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# Barrier polls before a persistent launch gives up (seconds on a GPU; a step
+# takes microseconds). Tests lower it to provoke the timeout.
+_MAX_SPIN = 1 << 24
+# The barrier counter is an int32 that only grows within a launch.
+_MAX_ARRIVALS = 2**31 - 1
+
 
 def _empty(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer a kernel writes is allocated here (tests fill it with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-# ----------------------------------------------------------------------------
-# Launch heuristics
-# ----------------------------------------------------------------------------
-
-
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _device_guard(t: Tensor):
@@ -52,29 +69,216 @@ def _device_guard(t: Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------
+# Launch plan
+# ----------------------------------------------------------------------------
+
+# Fewest hidden units a program owns: a tensor-core product is 8 columns wide.
+_MIN_UNITS = 8
+# Shared memory kept free beside the resident weights: the streamed operand's
+# chunk, layout conversions of the pointwise tiles, the barrier's scratch.
+_SMEM_SLACK = 16 * 1024
+# Warps and register caps. With resident weights ptxas keeps as much of the
+# slice in registers as the cap allows, and near a cap it spills a few bytes
+# of loop-invariant values in some configurations, differently for each cap.
+# These are the values under which every configuration of the ahead-of-time
+# check (tests/test_triton_aot.py: sm_90 and sm_80, triton 3.9) compiles
+# without spills. 8 warps x 255 registers still fit one program per SM.
+_NUM_WARPS = 8
+_MAXNREG_RESIDENT = 192
+_MAXNREG_STREAMED = 255
+# A streamed weight chunk (block_k x 4 block_h) lives in registers each step:
+# block_k is bounded so that it holds at most this many elements.
+_STREAMED_CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """How one kernel (the forward or the backward) runs one layer.
+
+    persistent   one launch for all steps, programs meeting at a grid barrier
+                 (else one launch per step and phase).
+    grid         programs: one per block of `block_h` hidden units (a
+                 persistent grid is never larger than the SM count).
+    proj_grid    programs of a per-step projection (or backward recurrent)
+                 phase, one per block of `block_r` units of h; 0 without one.
+    block_b      batch rows per tile; the batch is looped over in a step.
+    block_h      hidden units (of all four gates) per program.
+    block_r      units of the projected h per program (= block_h without).
+    block_k      chunk of the inner dimension of every product.
+    num_warps, num_stages, maxnreg   Triton's launch options.
+    w_resident   the weights stay on chip for the launch (else each step
+                 streams them from L2).
+    smem_bytes   shared memory the resident weights take per program.
+    """
+
+    kernel: str
+    persistent: bool
+    grid: Tuple[int]
+    proj_grid: int
+    block_b: int
+    block_h: int
+    block_r: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    maxnreg: Optional[int]
+    w_resident: bool
+    smem_bytes: int
+
+    def __str__(self) -> str:
+        mode = "persistent" if self.persistent else "per-step"
+        where = f"W on chip {self.smem_bytes // 1024} KiB" if self.w_resident else "W streamed"
+        proj = f", {self.proj_grid} x {self.block_r} h units" if self.proj_grid else ""
+        return (f"{self.kernel} {mode}: {self.grid[0]} programs x {self.block_h} units{proj}, {where}, "
+                f"BLOCK_B {self.block_b}, BLOCK_K {self.block_k}, {self.num_warps} warps")
+
+
+def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count: int, smem_per_block: int,
+                training: bool, kernel: str = "forward", cooperative: bool = True,
+                exact_fp32: bool = False) -> LaunchPlan:
+    """The launch plan of one layer's forward or backward kernel (pure: no device access).
+
+    Args:
+        batch, hidden, proj: B, H and proj_size (0 for none).
+        dtype: float32, float16 or bfloat16.
+        sm_count: streaming multiprocessors (programs that can be resident at once).
+        smem_per_block: shared memory one program may use, in bytes.
+        training: a backward will follow (the forward saves gates and cells).
+        kernel: "forward" or "backward".
+        cooperative: the grid can be launched co-resident (a cooperative
+            launch). Without it a persistent launch is planned only for a
+            single program.
+        exact_fp32: float32 products in full precision (TF32 off). They run
+            on FMA units, whose operands Triton keeps in registers, so the
+            weights cannot stay on chip: they are streamed.
+
+    The grid has one program per `block_h` hidden units, with `block_h` the
+    smallest power of two (at least 8) that needs no more programs than SMs,
+    so a persistent grid is always co-resident at one program per SM. Each
+    program's weight slice stays on chip when it fits in shared memory beside
+    `_SMEM_SLACK`; otherwise it is streamed from L2 every step. The block
+    sizes and launch options are the ones that compile without register
+    spills (tests/test_triton_aot.py): batch tiles of at most 32 rows, 8 warps,
+    and the register caps `_MAXNREG_*` (a persistent grid runs one program per
+    SM anyway).
+
+    Example:
+        >>> p = launch_plan(16, 1024, 0, torch.bfloat16, 132, 227 * 1024, training=True)
+        >>> p.persistent, p.grid, p.block_h, p.w_resident
+        (True, (128,), 8, True)
+    """
+    if kernel not in ("forward", "backward"):
+        raise ValueError(f"launch_plan: kernel must be 'forward' or 'backward', got {kernel!r}")
+    if dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f"launch_plan: dtype must be float32, float16 or bfloat16, got {dtype}")
+    if min(batch, hidden, sm_count) < 1 or proj < 0:
+        raise ValueError(f"launch_plan: need batch, hidden, sm_count >= 1 and proj >= 0, got "
+                         f"batch={batch}, hidden={hidden}, proj={proj}, sm_count={sm_count}")
+    H, R = hidden, proj or hidden
+    elt = torch.empty(0, dtype=dtype).element_size()
+    exact = exact_fp32 and dtype == torch.float32
+    block_b = min(32, max(16, _next_pow2(batch)))
+    block_h = max(_MIN_UNITS, _next_pow2(_cdiv(H, sm_count)))
+    programs = _cdiv(H, block_h)
+    block_r, proj_grid = block_h, 0
+    if proj:
+        block_r = max(_MIN_UNITS, _next_pow2(_cdiv(R, programs)))
+        proj_grid = _cdiv(R, block_r)
+
+    block_k = min(128, max(16, _next_pow2(R)))
+
+    def padded(n: int) -> int:
+        return _cdiv(n, block_k) * block_k
+
+    if kernel == "forward":
+        # 4 gates x block_h columns of W_hh^T (R rows); block_r columns of W_hr^T (H rows).
+        w_elems = 4 * block_h * padded(R) + (block_r * padded(H) if proj else 0)
+    elif proj:
+        # block_r columns of W_hh (4H rows); block_h columns of W_hr (R rows).
+        w_elems = block_r * padded(4 * H) + block_h * padded(R)
+    else:
+        w_elems = block_h * padded(4 * H)
+    smem = w_elems * elt
+    resident = not exact and smem + _SMEM_SLACK <= smem_per_block
+    if not resident:
+        # FMA products (exact float32) hold both operands in registers: smaller chunks.
+        chunk = _STREAMED_CHUNK // 4 if exact else _STREAMED_CHUNK
+        block_k = min(block_k, max(16, chunk // (4 * max(block_h, block_r))))
+    persistent = programs <= sm_count and (cooperative or programs == 1)
+    return LaunchPlan(
+        kernel=kernel, persistent=persistent, grid=(programs,), proj_grid=proj_grid,
+        block_b=block_b, block_h=block_h, block_r=block_r, block_k=block_k, num_warps=_NUM_WARPS,
+        # Resident weights leave no room for multi-buffered loads; streamed
+        # chunks are worth prefetching.
+        num_stages=1 if resident else 2, maxnreg=_MAXNREG_RESIDENT if resident else _MAXNREG_STREAMED,
+        w_resident=resident, smem_bytes=smem if resident else 0,
+    )
 
 
 @functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
+def _device_limits(device: torch.device) -> Tuple[int, int, bool]:
+    """(sm_count, smem_per_block, cooperative) for plans on `device`.
+
+    Under the interpreter (CPU tensors): one SM, so one program runs every
+    step in a single persistent launch, and an H100's shared memory, so the
+    resident-weight path is the one exercised. Read at the first forward on
+    a device, never at import.
+    """
     if device.type != "cuda":
-        return 1  # the interpreter: fewest, largest programs are fastest
-    return torch.cuda.get_device_properties(device).multi_processor_count
+        return 1, 227 * 1024, False
+    props = torch.cuda.get_device_properties(device)
+    smem = getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
+    return props.multi_processor_count, smem, _triton_has_cooperative_launch()
+
+
+def _triton_has_cooperative_launch() -> bool:
+    import triton
+
+    major, minor = (int(v) for v in triton.__version__.split(".")[:2])
+    return (major, minor) >= (3, 3)
+
+
+def plans_for(x: Tensor, hidden: int, proj: int, training: bool) -> Tuple[LaunchPlan, Optional[LaunchPlan]]:
+    """The (forward, backward) plans this backend uses for a layer with input x (T, B, I);
+    the backward plan is None unless training."""
+    sm_count, smem, cooperative = _device_limits(x.device)
+    args = (x.shape[1], hidden, proj, x.dtype, sm_count, smem, training)
+    exact = _dot_precision(x.dtype) == "ieee"
+    fwd = _plan(*args, "forward", cooperative, exact)
+    return fwd, _plan(*args, "backward", cooperative, exact) if training else None
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(*args) -> LaunchPlan:
+    return launch_plan(*args)
+
+
+# ----------------------------------------------------------------------------
+# Precision
+# ----------------------------------------------------------------------------
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    # float32 dots are exact fp32 FMAs unless the user opted into TF32, as for
-    # torch's own matmuls; 16-bit dots ignore the setting.
+    """float32 recurrent products follow nn.LSTM on CUDA: cuDNN computes them in
+    TF32 unless `torch.backends.cudnn.allow_tf32` (or, in newer torch,
+    `torch.backends.cudnn.rnn.fp32_precision`) says otherwise. 16-bit dots
+    ignore the setting."""
     if dtype != torch.float32:
         return "tf32"
-    matmul = torch.backends.cuda.matmul
-    # Newer torch has `fp32_precision` ("tf32"/"ieee"/"none"); reading the
-    # legacy `allow_tf32` after a user set the new one raises there.
-    precision = getattr(matmul, "fp32_precision", None)
+    cudnn = torch.backends.cudnn
+    rnn = getattr(cudnn, "rnn", None)
+    # Newer torch: the rnn setting reads back the effective value (it inherits
+    # from cudnn's and the global one); reading the legacy allow_tf32 after a
+    # user set a new-style value raises there.
+    precision = getattr(rnn, "fp32_precision", None)
     if precision is not None:
         return "tf32" if precision == "tf32" else "ieee"
-    return "tf32" if matmul.allow_tf32 else "ieee"
+    return "tf32" if cudnn.allow_tf32 else "ieee"
 
 
 def _upcast_dot(t: Tensor) -> bool:
@@ -83,86 +287,111 @@ def _upcast_dot(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.bfloat16
 
 
+# ----------------------------------------------------------------------------
+# Launching
+# ----------------------------------------------------------------------------
+
+
 @functools.lru_cache(maxsize=None)
-def _blocks(B: int, H: int, K: int, dtype: torch.dtype, device: torch.device) -> Tuple[int, int, int, int, int]:
-    """(BLOCK_B, BLOCK_H, BLOCK_K, num_warps, num_stages) for a step kernel.
+def _param_names(kernel) -> Tuple[str, ...]:
+    return tuple(inspect.signature(kernel.fn).parameters)
 
-    A step is latency-bound (one pass over W_hh, mostly from L2), so the
-    hidden block is the largest that still gives every SM a program. The
-    limits keep the sm_90 forward kernel free of spills (checked with
-    `ptxas -v` on triton 3.9): BLOCK_K 32, 8 warps from 512 outputs, and
-    float32 tiles of at most 32 x 32 (its exact dot is FMA-based).
-    tl.dot needs every block >= 16.
+
+class _StepLauncher:
+    """Launches one kernel configuration step after step, changing only t0 and t1.
+
+    On a GPU the kernel is compiled (or found in Triton's cache) once, then
+    launched through the compiled kernel itself: no argument binding,
+    specialisation or cache lookup per step. Under the interpreter it goes
+    through the usual `kernel[grid](...)`.
     """
-    is32 = dtype == torch.float32
-    block_b = min(32 if is32 else 64, max(16, _next_pow2(B)))
-    n_b = _cdiv(B, block_b)
-    block_h = 16
-    for cand in (64, 32):
-        if block_b * cand <= (1024 if is32 else 2048) and _cdiv(H, cand) * n_b >= _num_sms(device):
-            block_h = cand
-            break
-    block_h = min(block_h, max(16, _next_pow2(H)))
-    block_k = min(32, max(16, _next_pow2(K)))
-    num_warps = 8 if block_b * block_h >= 512 else 4
-    return block_b, block_h, block_k, num_warps, 2
+
+    def __init__(self, kernel, grid: Tuple[int], params: Dict[str, object], options: Dict[str, object]):
+        self.kernel, self.grid, self.options = kernel, grid, options
+        self.names = _param_names(kernel)
+        self.args: List[object] = [params[n] for n in self.names]
+        self.i_t0, self.i_t1 = self.names.index("t0"), self.names.index("t1")
+        self.run = None
+        device = next(v for v in params.values() if isinstance(v, Tensor)).device
+        if device.type == "cuda" and not _interpreting():
+            compiled = kernel.warmup(*self.args, grid=grid, **options)
+            self.run = functools.partial(compiled[grid], stream=torch.cuda.current_stream(device).cuda_stream)
+
+    def __call__(self, t0: int, t1: int) -> None:
+        self.args[self.i_t0], self.args[self.i_t1] = t0, t1
+        if self.run is not None:
+            self.run(*self.args)
+        else:
+            self.kernel[self.grid](*self.args, **self.options)
 
 
-# ----------------------------------------------------------------------------
-# Per-step launchers
-# ----------------------------------------------------------------------------
+def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dict[str, object],
+            steps: int, phases: Tuple[Dict[str, bool], ...], reverse: bool, shape: str) -> None:
+    """Run `kernel` over steps [0, steps) as the plan says.
+
+    `phases` are the constexpr switches of each phase of a step (one phase, or
+    two with a projection). Persistent: one cooperative launch runs every
+    phase of every step (more, in time order, only where the barrier counter
+    would overflow: about 2**31 / programs steps).
+    Per step (and for a single step): one launch per phase and step, forward
+    or, with `reverse`, backward in time.
+    """
+    device = params["p_sync"].device
+    options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    if plan.maxnreg is not None and not _interpreting():
+        options["maxnreg"] = plan.maxnreg
+    constexprs = dict(constexprs, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_R=plan.block_r,
+                      BLOCK_K=plan.block_k, W_RESIDENT=plan.w_resident)
+    # A single step needs no barrier: launched step-wise it needs no check of
+    # the barrier's flag either, so the host does not wait for the GPU (an
+    # LSTMCell, or a sequence fed one step at a time).
+    if plan.persistent and steps > 1:
+        switches = {k: any(p[k] for p in phases) for k in phases[0]}
+        per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
+        if device.type == "cuda" and not _interpreting():
+            options["launch_cooperative_grid"] = True
+        sync, err = params["p_sync"], params["p_err"]
+        starts = list(range(0, steps, per_launch))
+        for i, t0 in enumerate(reversed(starts) if reverse else starts):
+            if i:
+                sync.zero_()
+            t1 = min(steps, t0 + per_launch)
+            kernel[plan.grid](**params, **constexprs, **switches, t0=t0, t1=t1, max_spin=_MAX_SPIN,
+                              PERSISTENT=True, **options)
+        _check_barrier(err, plan, shape)
+        return
+    grids = [plan.grid if p.get("CELL") else (plan.proj_grid,) for p in phases]
+    launchers = [_StepLauncher(kernel, g, dict(params, **constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN,
+                                               PERSISTENT=False), options)
+                 for g, p in zip(grids, phases)]
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        for launcher in launchers:
+            launcher(t, t + 1)
 
 
-def _lstm_fwd_step(t: int, xg: Tensor, w_hh: Tensor, h_prev: Tensor, h_next: Tensor, cs: Tensor,
-                   gates: Optional[Tensor], hc: Optional[Tensor], out: Optional[Tensor],
-                   lens: Optional[Tensor]) -> None:
-    """One forward step: reads h_prev (B, R) and cs[t]; writes cs[t+1], and
-    h_next (B, R) (no projection) or hc[t] (projection); gates[t] and out[t]
-    if given."""
-    _, B, H4 = xg.shape
-    H, R = H4 // 4, w_hh.shape[1]
-    has_proj = hc is not None
-    block_b, block_h, block_k, num_warps, num_stages = _blocks(B, H, R, xg.dtype, xg.device)
-    # Unused pointers point at xg with zero strides; their constexpr flag is off.
-    gt = gates if gates is not None else xg
-    hcx = hc if has_proj else xg
-    o = out if out is not None else xg
-    ln = lens if lens is not None else xg
-    s_gt = gates.stride() if gates is not None else (0, 0, 0)
-    s_hc = hc.stride() if has_proj else (0, 0, 0)
-    s_o = out.stride() if out is not None else (0, 0, 0)
-    grid = (_cdiv(H, block_h), _cdiv(B, block_b))
-    _k.lstm_fwd_step_kernel[grid](
-        xg, w_hh, h_prev, h_next, cs, gt, hcx, o, ln,
-        t, B, H, R,
-        *xg.stride(), *w_hh.stride(), *h_prev.stride(), *h_next.stride(), *cs.stride(), *s_gt, *s_hc, *s_o,
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
-        HAS_PROJ=has_proj, PACKED=lens is not None, SAVE_GATES=gates is not None,
-        DOT_PRECISION=_dot_precision(xg.dtype), UPCAST_DOT=_upcast_dot(xg),
-        num_warps=num_warps, num_stages=num_stages,
-    )
+def _check_barrier(err: Tensor, plan: LaunchPlan, shape: str) -> None:
+    """Raise if a program of a persistent launch gave up waiting at a barrier.
+
+    The check reads one int from the device, so it waits for the launch; while
+    a CUDA graph is being captured it becomes a device-side assert instead.
+    """
+    message = (f"fastlstm: a barrier of the persistent Triton LSTM kernel timed out ({shape}; {plan}); "
+               "the programs of the grid were not all resident at once. Its results are not valid. "
+               "Please report this with the shape and GPU")
+    if err.is_cuda and torch.cuda.is_current_stream_capturing():
+        torch._assert_async(err == 0, message)
+    elif int(err.item()) != 0:
+        raise RuntimeError(message)
 
 
-def _lstm_bwd_step(t: int, a: Tensor, w: Tensor, dout: Optional[Tensor], gates: Tensor, cs: Tensor,
-                   dc: Tensor, dg: Tensor, lens: Optional[Tensor]) -> None:
-    """One backward step: dh[t] = a @ w (+ dout[t]) for every hidden unit, then
-    writes dg[t] and updates dc (the cell-state gradient) in place."""
-    B, K = a.shape
-    H = w.shape[1]
-    block_b, block_h, block_k, num_warps, num_stages = _blocks(B, H, K, dg.dtype, dg.device)
-    d = dout if dout is not None else dg
-    s_do = dout.stride() if dout is not None else (0, 0, 0)
-    ln = lens if lens is not None else dg
-    grid = (_cdiv(H, block_h), _cdiv(B, block_b))
-    _k.lstm_bwd_step_kernel[grid](
-        a, w, d, gates, cs, dc, dg, ln,
-        t, B, H, K,
-        *a.stride(), *w.stride(), *s_do, *gates.stride(), *cs.stride(), *dc.stride(), *dg.stride(),
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
-        HAS_DOUT=dout is not None, PACKED=lens is not None,
-        DOT_PRECISION=_dot_precision(dg.dtype), UPCAST_DOT=_upcast_dot(dg),
-        num_warps=num_warps, num_stages=num_stages,
-    )
+def barrier_loop(programs: int, steps: int, device) -> Tensor:
+    """Launch `programs` programs (cooperatively on a GPU) that meet the grid
+    barrier `steps` times and do nothing else; the barrier microbenchmark.
+    Returns the (2,) int32 [arrivals, error flag] buffer, without waiting."""
+    sync = torch.zeros(2, dtype=torch.int32, device=device)
+    options = {"launch_cooperative_grid": True} if sync.is_cuda and not _interpreting() else {}
+    _k.barrier_loop_kernel[(programs,)](sync[0:1], sync[1:2], steps, _MAX_SPIN, num_warps=4, **options)
+    return sync
 
 
 # ----------------------------------------------------------------------------
@@ -170,66 +399,104 @@ def _lstm_bwd_step(t: int, a: Tensor, w: Tensor, dout: Optional[Tensor], gates: 
 # ----------------------------------------------------------------------------
 
 
-def _live_mask(lens: Tensor, T: int) -> Tensor:
-    """(T, B, 1) bool: row b is live at step t."""
-    return (torch.arange(T, device=lens.device).unsqueeze(1) < lens.unsqueeze(0)).unsqueeze(2)
+def _zero_strides(n: int) -> Tuple[int, ...]:
+    return (0,) * n
+
+
+def _shared_params(w_hh: Tensor, w_hr: Optional[Tensor], lens: Optional[Tensor], B: int) -> Dict[str, object]:
+    """The arguments both kernels take alike: weights, row lengths, sizes and the
+    barrier's [counter, error flag] (zeroed). Unused pointers point at a live
+    tensor with zero strides; their constexpr flag is off."""
+    H, R = w_hh.shape[0] // 4, w_hh.shape[1]
+    sync = torch.zeros(2, dtype=torch.int32, device=w_hh.device)
+    wr = w_hr if w_hr is not None else w_hh
+    return dict(
+        p_w=w_hh, p_wr=wr, p_len=lens if lens is not None else sync, p_sync=sync[0:1], p_err=sync[1:2],
+        B=B, H=H, R=R, s_w_g=w_hh.stride(0), s_w_r=w_hh.stride(1),
+        s_wr_r=wr.stride(0) if w_hr is not None else 0, s_wr_h=wr.stride(1) if w_hr is not None else 0,
+    )
+
+
+def _even(plan: LaunchPlan, *dims: int) -> bool:
+    """Whether the plan's K chunk divides every inner dimension of a kernel's
+    products (then the kernel drops the column masks of its operand tiles)."""
+    return all(k % plan.block_k == 0 for k in dims)
+
+
+def _chunks(k: int, plan: LaunchPlan) -> int:
+    """Resident chunks of an inner dimension k (a compile-time constant). Streamed
+    weights are read in a loop instead, so the count is not needed there; 1 keeps
+    one compiled kernel for every size."""
+    return _cdiv(k, plan.block_k) if plan.w_resident else 1
 
 
 def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
-              w_hr: Optional[Tensor], lens: Optional[Tensor], bs_list: Optional[List[int]], save: bool):
-    """Returns out (T, B, R), hseq, cs (T+1, B, H) float32, gates (T, B, 4H)
+              w_hr: Optional[Tensor], lens: Optional[Tensor], save: bool, plan: LaunchPlan):
+    """Returns out (T, B, R), hs, cs (T+1, B, H) float32, gates (T, B, 4H)
     float32 or None, hc (T, B, H) or None.
 
-    hseq (T, B, R) holds the states h_1..h_T: `out` itself unless packed (a
+    hs (T, B, R) holds the states h_1..h_T: `out` itself unless packed (a
     separate buffer there, as dead rows carry their state but output zeros).
     """
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
     dtype, dev = x.dtype, x.device
     x2 = x.reshape(T * B, I)
-    if bias is not None:
-        xg = torch.addmm(bias, x2, w_ih.t())
-    else:
-        xg = torch.mm(x2, w_ih.t())
+    xg = torch.addmm(bias, x2, w_ih.t()) if bias is not None else torch.mm(x2, w_ih.t())
     xg = xg.view(T, B, 4 * H)
 
-    hseq = _empty((T, B, R), dtype, dev)
+    hs = _empty((T, B, R), dtype, dev)
+    h0 = h0.contiguous()  # the kernel reads it with the strides of one step of hs
     if save:
         cs = _empty((T + 1, B, H), torch.float32, dev)
     else:
         # With no backward to feed, one cell buffer updated in place is enough
         # (a zero time stride): each program reads and writes only its own
-        # tile of c. So inference keeps nothing per step beyond the output.
+        # units of c. So inference keeps nothing per step beyond the output.
         cs = _empty((1, B, H), torch.float32, dev).expand(T + 1, B, H)
     cs[0].copy_(c0)
     gates = _empty((T, B, 4 * H), torch.float32, dev) if save else None
     hc = None
     if w_hr is not None:
-        # hc[t] is consumed by the projection GEMM within the same step.
+        # Without a backward, hc[t] is consumed within step t: one buffer will do.
         hc = _empty((T, B, H), dtype, dev) if save else _empty((1, B, H), dtype, dev).expand(T, B, H)
-    out = _empty((T, B, R), dtype, dev) if (lens is not None and w_hr is None) else None
-    w_hr_t = w_hr.t() if w_hr is not None else None
+    out = _empty((T, B, R), dtype, dev) if lens is not None else hs
+    params = _shared_params(w_hh, w_hr, lens, B)
+    params.update(
+        p_xg=xg, p_h0=h0, p_hs=hs, p_c=cs,
+        p_gates=gates if gates is not None else cs, p_hc=hc if hc is not None else hs, p_out=out,
+        s_xg_t=xg.stride(0), s_xg_b=xg.stride(1), s_xg_g=xg.stride(2),
+        s_hs_t=hs.stride(0), s_h_b=hs.stride(1), s_h_r=hs.stride(2),
+        s_c_t=cs.stride(0), s_c_b=cs.stride(1), s_c_h=cs.stride(2),
+    )
+    params.update(zip(("s_gt_t", "s_gt_b", "s_gt_g"), gates.stride() if gates is not None else _zero_strides(3)))
+    params.update(zip(("s_hc_t", "s_hc_b", "s_hc_h"), hc.stride() if hc is not None else _zero_strides(3)))
+    constexprs = dict(
+        NUM_KR=_chunks(R, plan), NUM_KH=_chunks(H, plan), EVEN_K=_even(plan, R, H if w_hr is not None else R),
+        HAS_PROJ=w_hr is not None,
+        PACKED=lens is not None, SAVE_GATES=save, DOT_PRECISION=_dot_precision(dtype), UPCAST_DOT=_upcast_dot(x),
+    )
+    phases = ({"CELL": True, "PROJECT": False},)
+    if w_hr is not None:
+        phases = ({"CELL": True, "PROJECT": False}, {"CELL": False, "PROJECT": True})
+    _launch(_k.lstm_fwd_kernel, plan, params, constexprs, T, phases, reverse=False,
+            shape=_shape(x, H, R, "forward"))
+    return out, hs, cs, gates, hc
 
-    for t in range(T):
-        h_prev = h0 if t == 0 else hseq[t - 1]
-        _lstm_fwd_step(t, xg, w_hh, h_prev, hseq[t], cs, gates, hc, out, lens)
-        if w_hr is not None:
-            # Rows of a PackedSequence are sorted: the live ones are a prefix.
-            n = B if bs_list is None else bs_list[t]
-            torch.mm(hc[t, :n], w_hr_t, out=hseq[t, :n])
-            if n < B:
-                hseq[t, n:].copy_(h_prev[n:])
 
-    if lens is None:
-        out = hseq
-    elif w_hr is not None:
-        out = hseq * _live_mask(lens, T)
-    return out, hseq, cs, gates, hc
+def _shape(x: Tensor, H: int, R: int, what: str) -> str:
+    T, B, I = x.shape
+    return f"{what}, T={T}, B={B}, I={I}, H={H}, R={R}, {str(x.dtype).replace('torch.', '')}"
+
+
+def _live_mask(lens: Tensor, T: int) -> Tensor:
+    """(T, B, 1) bool: row b is live at step t."""
+    return (torch.arange(T, device=lens.device).unsqueeze(1) < lens.unsqueeze(0)).unsqueeze(2)
 
 
 def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
-              w_hr: Optional[Tensor], hseq: Tensor, cs: Tensor, gates: Tensor, hc: Optional[Tensor],
-              lens: Optional[Tensor], needs: Tuple[bool, ...]):
+              w_hr: Optional[Tensor], hs: Tensor, cs: Tensor, gates: Tensor, hc: Optional[Tensor],
+              lens: Optional[Tensor], needs: Tuple[bool, ...], plan: LaunchPlan):
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr); None where not needed."""
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
@@ -250,13 +517,26 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
     dc = _empty((B, H), torch.float32, dev)
     dc.copy_(d_cn)
     dh = _empty((T, B, R), dtype, dev) if w_hr is not None else None
-
-    for t in range(T - 1, -1, -1):
-        if w_hr is None:
-            _lstm_bwd_step(t, dg[t + 1], w_hh, dout, gates, cs, dc, dg, lens)
-        else:
-            torch.addmm(dout[t], dg[t + 1], w_hh, out=dh[t])
-            _lstm_bwd_step(t, dh[t], w_hr, None, gates, cs, dc, dg, lens)
+    params = _shared_params(w_hh, w_hr, lens, B)
+    params.update(
+        p_dg=dg, p_dout=dout, p_dh=dh if dh is not None else dout, p_gates=gates, p_c=cs, p_dc=dc,
+        s_dg_t=dg.stride(0), s_dg_b=dg.stride(1), s_dg_g=dg.stride(2),
+        s_do_t=dout.stride(0), s_do_b=dout.stride(1), s_do_r=dout.stride(2),
+        s_gt_t=gates.stride(0), s_gt_b=gates.stride(1), s_gt_g=gates.stride(2),
+        s_c_t=cs.stride(0), s_c_b=cs.stride(1), s_c_h=cs.stride(2),
+        s_dc_b=dc.stride(0), s_dc_h=dc.stride(1),
+    )
+    params.update(zip(("s_dh_t", "s_dh_b", "s_dh_r"), dh.stride() if dh is not None else _zero_strides(3)))
+    constexprs = dict(
+        NUM_KG=_chunks(4 * H, plan), NUM_KR=_chunks(R, plan), EVEN_K=_even(plan, 4 * H, R if w_hr is not None else H),
+        HAS_PROJ=w_hr is not None,
+        PACKED=lens is not None, DOT_PRECISION=_dot_precision(dtype), UPCAST_DOT=_upcast_dot(x),
+    )
+    phases = ({"RECUR": False, "CELL": True},)
+    if w_hr is not None:
+        phases = ({"RECUR": True, "CELL": False}, {"RECUR": False, "CELL": True})
+    _launch(_k.lstm_bwd_kernel, plan, params, constexprs, T, phases, reverse=True,
+            shape=_shape(x, H, R, "backward"))
 
     need_x, need_h0, need_c0, need_wih, need_whh, need_b, need_whr = needs
     dg2 = dg[:T].view(T * B, 4 * H)
@@ -264,10 +544,10 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
     dw_ih = torch.mm(dg2.t(), x.reshape(T * B, I)) if need_wih else None
     dw_hh = None
     if need_whh:
-        # sum_t dg[t]^T h[t-1], with h[-1] = h0 and h[t] = hseq[t]
+        # sum_t dg[t]^T h[t-1], with h[-1] = h0 and h[t] = hs[t]
         dw_hh = torch.mm(dg[0].t(), h0)
         if T > 1:
-            dw_hh.addmm_(dg[1:T].reshape((T - 1) * B, 4 * H).t(), hseq[: T - 1].reshape((T - 1) * B, R))
+            dw_hh.addmm_(dg[1:T].reshape((T - 1) * B, 4 * H).t(), hs[: T - 1].reshape((T - 1) * B, R))
     db = dg2.sum(0, dtype=torch.float32).to(dtype) if need_b else None
     dh0 = torch.mm(dg[0], w_hh) if need_h0 else None
     dc0 = dc.to(dtype) if need_c0 else None
@@ -285,14 +565,13 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
 class LSTMTritonFunction(torch.autograd.Function):
     """One LSTM layer with a hand-written backward; see `lstm_layer_triton`.
 
-    `lens` is the (B,) int32 device tensor of row lengths and `bs_list` the
-    batch sizes as Python ints (both None when not packed); `save` says
-    whether a backward can follow (inside forward, grad mode is always off and
-    needs_input_grad ignores it, so the caller decides).
+    `lens` is the (B,) int32 device tensor of row lengths (None when not
+    packed); `save` says whether a backward can follow (inside forward, grad
+    mode is always off and needs_input_grad ignores it, so the caller decides).
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, bs_list, save):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, save):
         T, B = x.shape[0], x.shape[1]
         ctx.empty = T == 0 or B == 0
         ctx.has_b_ih, ctx.has_b_hh, ctx.has_w_hr = b_ih is not None, b_hh is not None, w_hr is not None
@@ -300,14 +579,18 @@ class LSTMTritonFunction(torch.autograd.Function):
             out = x.new_zeros(T, B, h0.shape[1])
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
             return out, h0.clone(), c0.clone()
+        H = w_hh.shape[0] // 4
+        proj = w_hr.shape[0] if w_hr is not None else 0
+        fwd_plan, bwd_plan = plans_for(x, H, proj, training=save)
+        ctx.bwd_plan = bwd_plan
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
         with _device_guard(x):
-            out, hseq, cs, gates, hc = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, bs_list, save)
+            out, hs, cs, gates, hc = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan)
         if save:
-            ctx.save_for_backward(x, h0, w_ih, w_hh, w_hr, hseq, cs, gates, hc, lens)
+            ctx.save_for_backward(x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens)
         # No output may be a view (torch forbids in-place on views returned by
         # a Function) nor alias another output or a saved buffer.
-        return out, hseq[T - 1].clone(), cs[T].to(x.dtype, copy=True)
+        return out, hs[T - 1].clone(), cs[T].to(x.dtype, copy=True)
 
     @staticmethod
     @refuse_double_backward
@@ -321,16 +604,17 @@ class LSTMTritonFunction(torch.autograd.Function):
                     z(wih_shape) if needs[3] else None, z(whh_shape) if needs[4] else None,
                     z(whh_shape[0]) if ctx.has_b_ih and needs[5] else None,
                     z(whh_shape[0]) if ctx.has_b_hh and needs[6] else None,
-                    z(whr_shape) if ctx.has_w_hr and needs[7] else None, None, None, None)
-        x, h0, w_ih, w_hh, w_hr, hseq, cs, gates, hc, lens = ctx.saved_tensors
+                    z(whr_shape) if ctx.has_w_hr and needs[7] else None, None, None)
+        x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens = ctx.saved_tensors
         with _device_guard(x):
             dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _lstm_bwd(
-                d_out, d_hn, d_cn, x, h0, w_ih, w_hh, w_hr, hseq, cs, gates, hc, lens,
+                d_out, d_hn, d_cn, x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
                 (needs[0], needs[1], needs[2], needs[3], needs[4], needs[5] or needs[6], needs[7]),
+                ctx.bwd_plan,
             )
         db_ih = db if ctx.has_b_ih and needs[5] else None
         db_hh = db if ctx.has_b_hh and needs[6] else None
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None
+        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
 
 
 # ----------------------------------------------------------------------------
@@ -421,8 +705,7 @@ def _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sav
     these (under torch.compile), so the two stay one code path.
     """
     _check(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
-    lens = bs_list = None
+    lens = None
     if batch_sizes is not None and x.shape[0] > 0:
-        bs_list = [int(b) for b in batch_sizes.tolist()]
         lens = sequence_lengths(batch_sizes, x.shape[1]).to(device=x.device, dtype=torch.int32)
-    return LSTMTritonFunction, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, bs_list, save)
+    return LSTMTritonFunction, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, save)
