@@ -1,0 +1,263 @@
+"""Ahead-of-time compilation of the Triton kernels for a GPU that is not here.
+
+`tests/test_triton_aot.py` runs this file as a script, in a process without
+TRITON_INTERPRET (the interpreter replaces the kernels with Python functions
+that cannot be compiled):
+
+    python tests/aot.py sm_90      # one JSON object per compiled variant, one per line
+
+For every kernel configuration `launch_plan` picks on that GPU over a grid of
+shapes, dtypes and modes, it builds the launch arguments with the backend's
+own host code (`_lstm_fwd` / `_lstm_bwd`, with the kernels swapped for a
+recorder that launches nothing), compiles each distinct variant through
+Triton's own dispatch path (`warmup`, with a stand-in driver that names the
+target), and reports what the compiled code uses: registers and spills (the wheel's
+`cuobjdump`, and where in the loops the spill instructions sit), shared
+memory, tensor-core instructions, and whether the time loop loads the weights
+from global memory.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+os.environ.pop("TRITON_INTERPRET", None)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its default
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
+
+from fastlstm.backends import triton as tb  # noqa: E402
+
+# What a plan needs to know of each GPU (opt-in shared memory per block, per SM).
+GPUS = {
+    "sm_90": dict(cc=90, name="H100", sm_count=132, smem_per_block=227 * 1024, smem_per_sm=228 * 1024),
+    "sm_80": dict(cc=80, name="A100", sm_count=108, smem_per_block=163 * 1024, smem_per_sm=164 * 1024),
+}
+# Largest first: batches that share a plan compile once, at the largest of them.
+BATCHES = (256, 64, 16, 8, 1)
+HIDDENS = (128, 256, 512, 768, 1024)
+# float32 twice: TF32 products (nn.LSTM's default on CUDA) and exact ones.
+DTYPES = (("float32", "tf32"), ("float32", "ieee"), ("float16", None), ("bfloat16", None))
+# Beyond the plain grid: projection and packing, in both kernels.
+EXTRA = ((16, 1024, 256, True), (64, 768, 128, False), (16, 256, 64, True))
+# The streamed-weights control: a layer whose weights cannot stay on chip.
+STREAMED = (16, 2048, 0, False)
+# The spill-location control: a forward forced into heavy spilling (64-row
+# batch tiles, 64 registers), so the check is seen to catch spills in a step.
+SPILL_CONTROL = dict(batch=256, hidden=1024, dtype="bfloat16", precision=None, BLOCK_B=64, maxnreg=64)
+# float16 compiles to bfloat16's code but for the tensor-core instruction's
+# element type; it is checked at these sizes only, to keep the run short.
+FLOAT16_HIDDENS = (256, 1024)
+
+
+class _Target:
+    """Stands in for Triton's CUDA driver: the target to compile for, no device."""
+
+    def __init__(self, cc):
+        self.target = GPUTarget("cuda", cc, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+class _Recorder:
+    """Takes the place of a kernel in the backend: records each launch's arguments."""
+
+    def __init__(self, kernel):
+        self.kernel, self.fn, self.launches = kernel, kernel.fn, []
+
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            self.launches.append((grid, dict(zip(tb._param_names(self.kernel), args), **kwargs)))
+
+        return record
+
+
+def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu):
+    """[(kernel, plan, grid, kwargs)] for one layer call on `gpu`, as the backend builds them."""
+    fwd_rec, bwd_rec = _Recorder(tb._k.lstm_fwd_kernel), _Recorder(tb._k.lstm_bwd_kernel)
+    real = tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel
+    tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel = fwd_rec, bwd_rec
+    try:
+        dt = getattr(torch, dtype)
+        T, B, H, R = 2, batch, hidden, proj or hidden
+        fwd_plan, bwd_plan = (tb.launch_plan(B, H, proj, dt, gpu["sm_count"], gpu["smem_per_block"], training,
+                                             kernel=k, exact_fp32=precision == "ieee")
+                              for k in ("forward", "backward"))
+        z = lambda *shape: torch.zeros(*shape, dtype=dt)  # noqa: E731
+        lens = torch.full((B,), T, dtype=torch.int32) if packed else None
+        x, h0, c0, w_ih, w_hh = z(T, B, H), z(B, R), z(B, H), z(4 * H, H), z(4 * H, R)
+        w_hr = z(R, H) if proj else None
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=precision != "ieee"):
+            out, hs, cs, gates, hc = tb._lstm_fwd(x, h0, c0, w_ih, w_hh, z(4 * H), w_hr, lens, training, fwd_plan)
+            if training:
+                tb._lstm_bwd(z(T, B, R), z(B, R), z(B, H), x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
+                             (True,) * 7, bwd_plan)
+    finally:
+        tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel = real
+    result = [(real[0], fwd_plan, *launch) for launch in fwd_rec.launches]
+    return result + [(real[1], bwd_plan, *launch) for launch in bwd_rec.launches]
+
+
+def _configs(gpu):
+    for dtype, precision in DTYPES:
+        for training in (False, True):
+            for batch in BATCHES:
+                for hidden in FLOAT16_HIDDENS if dtype == "float16" else HIDDENS:
+                    yield batch, hidden, 0, False, dtype, precision, training
+            for batch, hidden, proj, packed in (() if dtype == "float16" else EXTRA) + (STREAMED,):
+                yield batch, hidden, proj, packed, dtype, precision, training
+
+
+_OPTIONS = ("num_warps", "num_stages", "maxnreg", "launch_cooperative_grid")
+
+
+def _resource_usage(cubin: bytes):
+    """(registers, stack bytes) of the compiled kernel, from the wheel's cuobjdump.
+    The kernels have no local arrays, so any stack is register spills."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    cuobjdump = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        r = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"cuobjdump failed: {r.stderr}")
+    usage = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", r.stdout))
+    return int(usage["REG"]), int(usage["STACK"]) + int(usage["LOCAL"])
+
+
+def spills_inside_steps(cubin: bytes) -> int:
+    """Spill loads and stores (LDL/STL; the kernels have no local arrays) that sit
+    inside a loop nested in another loop, in the SASS: inside the work of a
+    step (batch tiles, K chunks, the barrier's spin), as opposed to before the
+    time loop or once per step. Loops are read off the backward branches."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    cuobjdump = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        sass = subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
+    code = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for addr, op in code:
+        m = re.search(r"\bBRA\b[^0-9]*?(0x[0-9a-f]+)", op)
+        if m and int(m.group(1), 16) < addr:
+            loops.append((int(m.group(1), 16), addr))
+    return sum(1 for addr, op in code if re.search(r"\b(?:LDL|STL)\b", op)
+               and sum(start <= addr <= end for start, end in loops) >= 2)
+
+
+_TENSOR_CORE = re.compile(r"\b(?:mma\.sync\.aligned|wgmma\.mma_async\.sync\.aligned)\.[\w.]*?\.(bf16|f16|tf32)\b")
+
+
+_GLOBAL_READ = re.compile(r"\b(?:tt\.load|tt\.descriptor_load|ttg\.async_copy_global_to_local)\b")
+
+
+def weight_loads_in_time_loop(ttgir: str, weights=("%p_w", "%p_wr")) -> int:
+    """How many global-memory reads inside the kernel's time loop (its
+    outermost scf.for) go through a pointer derived from a weight argument:
+    plain loads, and the asynchronous copies the software pipeliner turns
+    them into. Follows SSA definitions back to the function arguments (a
+    loop's iter_args back to their initial values)."""
+    defs = {}
+    ssa = re.compile(r"%[\w.$-]+")
+    lines = ttgir.splitlines()
+    for line in lines:
+        m = re.match(r"\s*(%[\w.$-]+(?::\d+)?(?:\s*,\s*%[\w.$-]+)*)\s*=\s*(.*)$", line)
+        if not m:
+            continue
+        body = m.group(2).split(" loc(")[0]
+        used = [u.split("#")[0] for u in ssa.findall(body.split(" : ")[0] if " : " in body else body)]
+        for name in re.findall(r"%[\w.$-]+", m.group(1)):
+            defs[name] = used
+        for arg, init in re.findall(r"(%[\w.$-]+) = (%[\w.$-]+)", body.split("iter_args(")[-1]) \
+                if "iter_args(" in body else ():
+            defs[arg] = [init]
+
+    def from_weight(name, seen):
+        if name in weights:
+            return True
+        if name in seen:
+            return False
+        seen.add(name)
+        return any(from_weight(u, seen) for u in defs.get(name, ()))
+
+    depth, loop_depth, count = 0, None, 0
+    for line in lines:
+        if loop_depth is None and depth == 2 and re.search(r"\bscf\.for\b", line):
+            loop_depth = depth
+        elif loop_depth is not None and depth > loop_depth and _GLOBAL_READ.search(line):
+            ptr = ssa.findall(_GLOBAL_READ.split(line, 1)[1])[0].split("#")[0]
+            count += from_weight(ptr, set())
+        depth += line.count("{") - line.count("}")
+        if loop_depth is not None and depth <= loop_depth:
+            break
+    return count
+
+
+def _compile(kernel, plan, grid, kwargs, arch, gpu, config):
+    start = time.perf_counter()
+    compiled = kernel.warmup(grid=grid, **kwargs)
+    seconds = time.perf_counter() - start
+    ptx = compiled.asm["ptx"]
+    regs, spills = _resource_usage(compiled.asm["cubin"])
+    batch, hidden, proj, packed, dtype, precision, training = config
+    constexprs = {p.name for p in kernel.params if p.is_constexpr}
+    return {
+        "arch": arch, "gpu": gpu, "kernel": kernel.fn.__name__, "batch": batch, "hidden": hidden,
+        "proj": proj, "packed": packed, "dtype": dtype, "precision": precision, "training": training,
+        "plan": str(plan), "grid": grid[0], "persistent": plan.persistent, "resident": plan.w_resident,
+        "num_warps": kwargs["num_warps"], "maxnreg": kwargs.get("maxnreg"),
+        "flags": {k: str(v) for k, v in kwargs.items() if k in constexprs or k in _OPTIONS},
+        "registers": regs, "spill_bytes": spills,
+        "spills_inside_steps": spills_inside_steps(compiled.asm["cubin"]) if spills else 0,
+        "shared": compiled.metadata.shared, "tensor_core": sorted(set(_TENSOR_CORE.findall(ptx))),
+        "weight_loads_in_loop": weight_loads_in_time_loop(compiled.asm["ttgir"]),
+        "compile_seconds": round(seconds, 2), "control": None,
+    }
+
+
+def compile_all(arch: str):
+    gpu = GPUS[arch]
+    driver.set_active(_Target(gpu["cc"]))
+    seen = set()
+    for config in _configs(gpu):
+        for kernel, plan, grid, kwargs in _launch_arguments(*config, gpu):
+            kwargs = dict(kwargs, UPCAST_DOT=False)
+            constexprs = {p.name for p in kernel.params if p.is_constexpr}
+            flags = {k: v for k, v in kwargs.items() if k in constexprs or k in _OPTIONS}
+            key = (kernel.fn.__name__, grid, config[4], tuple(sorted(flags.items())))
+            if key not in seen:
+                seen.add(key)
+                yield _compile(kernel, plan, grid, kwargs, arch, gpu, config)
+    c = SPILL_CONTROL
+    config = (c["batch"], c["hidden"], 0, False, c["dtype"], c["precision"], False)
+    kernel, plan, grid, kwargs = _launch_arguments(*config, gpu)[0]
+    row = _compile(kernel, plan, grid, dict(kwargs, UPCAST_DOT=False, BLOCK_B=c["BLOCK_B"], maxnreg=c["maxnreg"]),
+                   arch, gpu, config)
+    yield dict(row, control="spills")
+
+
+if __name__ == "__main__":
+    for row in compile_all(sys.argv[1]):
+        print(json.dumps(row), flush=True)
