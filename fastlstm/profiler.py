@@ -110,13 +110,13 @@ _MAX_INNER = 50
 
 FIELDS = (
     "backend", "mode", "seq_len", "batch", "input", "hidden", "layers", "dtype", "device",
-    "device_name", "status", "note", "ms", "ms_min", "ms_max", "ms_per_step", "tokens_per_s",
+    "device_name", "status", "note", "plan", "ms", "ms_min", "ms_max", "ms_per_step", "tokens_per_s",
     "speedup_vs_torch", "peak_mem_bytes", "max_abs_err", "repeats", "inner", "threads",
     "load_avg_1m", "torch_version", "triton_version", "git_commit", "timestamp",
 )
 # `--results`: one row per fastlstm backend x shape x mode; the first eight fields identify it.
 RESULT_FIELDS = ("device", "dtype", "batch", "hidden", "input", "seq_len", "mode", "backend",
-                 "baseline", "ms", "baseline_ms", "speedup", "torch", "triton", "commit")
+                 "baseline", "ms", "baseline_ms", "speedup", "plan", "torch", "triton", "commit")
 _RESULT_KEY = RESULT_FIELDS[:8]
 
 
@@ -251,6 +251,19 @@ class _FlashRNNLSTM(nn.Module):
         # states (S, B, T, heads, H) with S = (h, c); last (S, B, 1, heads, H)
         out = states[0, :, :, 0].transpose(0, 1)
         return out, (last[0, :, 0, 0].unsqueeze(0), last[1, :, 0, 0].unsqueeze(0))
+
+
+def triton_plan(lstm: nn.LSTM, batch: int, mode: str) -> Optional[str]:
+    """The Triton backend's launch plans (forward, and backward in training) for
+    every layer of `lstm` at this batch size, or None off CUDA."""
+    w = lstm.weight_hh_l0
+    if w.device.type != "cuda":
+        return None
+    from .backends.triton import plans_for
+
+    x = torch.empty(1, batch, 1, dtype=w.dtype, device=w.device)
+    plans = plans_for(x, lstm.hidden_size, lstm.proj_size, training=mode == "train")
+    return "; ".join(str(p) for p in plans if p is not None)
 
 
 def build_model(name: str, lstm: nn.LSTM) -> nn.Module:
@@ -635,6 +648,8 @@ def run_profile(
                     continue
                 steps[name] = step
                 inner[name] = calls_per_sample(warm)
+                if name == "triton":
+                    row["plan"] = triton_plan(lstm, batch, mode)
                 tell(f"{mode} T={T} {name}: checked", 1)
 
             del want
@@ -729,7 +744,8 @@ def result_rows(rows: List[dict], baseline: str) -> List[dict]:
         out.append({"device": r["device_name"], "dtype": r["dtype"], "batch": r["batch"], "hidden": r["hidden"],
                     "input": r["input"], "seq_len": r["seq_len"], "mode": r["mode"], "backend": r["backend"],
                     "baseline": baseline, "ms": ms if base_ms else None, "baseline_ms": base_ms,
-                    "speedup": base_ms / ms if base_ms else None, "torch": r["torch_version"],
+                    "speedup": base_ms / ms if base_ms else None, "plan": r.get("plan"),
+                    "torch": r["torch_version"],
                     "triton": r["triton_version"], "commit": r["git_commit"]})
     return out
 
@@ -844,6 +860,18 @@ def print_report(rows: List[dict], console=None) -> None:
                       f"{speed}x" if speed else "", _fmt_bytes(r["peak_mem_bytes"]), status, style=style)
     console.print(table)
     console.print(_growth_table(rows, Table))
+    for line in _plan_lines(rows):
+        console.print(line, highlight=False)
+
+
+def _plan_lines(rows: List[dict]) -> List[str]:
+    """One line per backend and mode that recorded a launch plan, naming its rows' T."""
+    plans: Dict[tuple, List[int]] = {}
+    for r in rows:
+        if r.get("plan"):
+            plans.setdefault((r["backend"], r["mode"], r["plan"]), []).append(r["seq_len"])
+    return [f"{backend} {mode} (T={', '.join(map(str, Ts))}) launch plan: {plan}"
+            for (backend, mode, plan), Ts in plans.items()]
 
 
 def _growth_table(rows: List[dict], Table):
@@ -875,6 +903,8 @@ def _print_plain(rows: List[dict]) -> None:
         print(f"{r['mode']:6} {r['seq_len']:>6} {r['backend']:10} {_fmt(r['ms'], '.2f'):>10} "
               f"{_fmt(r['ms_per_step'], '.3f'):>9} {_fmt(r['tokens_per_s'], ',.0f'):>12} "
               f"{_fmt(r['speedup_vs_torch'], '.2f'):>9} {_fmt_bytes(r['peak_mem_bytes']):>10}  {status}")
+    for line in _plan_lines(rows):
+        print(line)
 
 
 # ---------------------------------------------------------------------------

@@ -209,3 +209,14 @@ def test_grid_preset_gpu():
                     "seq_lens": [64, 256, 1024, 4096]}
     assert profiler._grid("gpu,dtype=bf16,batch=4")["dtype"] == ["bfloat16"]
     assert profiler._grid("gpu,batch=4")["batch"] == [4]
+
+
+def test_each_triton_row_names_its_launch_plan():
+    rows = [dict(backend="triton", mode="infer", seq_len=T, plan="forward persistent: 96 programs") for T in (64, 256)]
+    rows += [dict(backend="triton", mode="train", seq_len=64, plan="forward ...; backward ..."),
+             dict(backend="torch", mode="infer", seq_len=64, plan=None)]
+    assert profiler._plan_lines(rows) == [
+        "triton infer (T=64, 256) launch plan: forward persistent: 96 programs",
+        "triton train (T=64) launch plan: forward ...; backward ...",
+    ]
+    assert profiler.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off CUDA"
