@@ -78,9 +78,12 @@ def _grid_barrier(p_sync, target, max_spin, p_err):
     ever reset mid-launch. The arrival is a release and the poll an acquire
     (both at GPU scope), with a CTA barrier on either side, so every store this
     program made before arriving is visible to every program after it leaves.
-    Scalar atomics run on one thread of the program. The spin is bounded: after
+    Scalar atomics run on one thread of the program (triton 3.9 turns the
+    polling add of 0 into an acquire load). The spin is bounded: after
     `max_spin` polls it gives up and sets *p_err, which the host turns into an
-    error (a hang becomes a RuntimeError).
+    error (a hang becomes a RuntimeError). Returns the spin budget for this
+    program's next barrier: 0 once it has given up, so a broken launch ends
+    after one timeout rather than one per barrier.
     """
     tl.debug_barrier()
     tl.atomic_add(p_sync, 1, sem="release", scope="gpu")
@@ -89,9 +92,12 @@ def _grid_barrier(p_sync, target, max_spin, p_err):
     while (seen < target) & (n < max_spin):
         seen = tl.atomic_add(p_sync, 0, sem="acquire", scope="gpu")
         n += 1
+    spin = max_spin
     if seen < target:
         tl.atomic_max(p_err, 1)
+        spin = max_spin * 0
     tl.debug_barrier()
+    return spin
 
 
 @triton.jit(do_not_specialize=["steps", "max_spin"])
@@ -104,8 +110,9 @@ def barrier_loop_kernel(
     """A persistent loop that does nothing but meet the grid barrier `steps`
     times: what one step of the LSTM kernels pays for synchronisation."""
     nprog = tl.num_programs(0)
+    spin = max_spin
     for s in range(0, steps):
-        _grid_barrier(p_sync, (s + 1) * nprog, max_spin, p_err)
+        spin = _grid_barrier(p_sync, (s + 1) * nprog, spin, p_err)
 
 
 # ----------------------------------------------------------------------------
@@ -272,6 +279,7 @@ def lstm_fwd_kernel(
     b_wr = _resident(p_wr, s_wr_h, s_wr_r, i_p, m_p, H, BLOCK_K, NUM_KH, EVEN_K, W_RESIDENT and PROJECT, UPCAST_DOT)
     nprog = tl.num_programs(0)
     n_phases: tl.constexpr = 2 if (CELL and PROJECT) else 1
+    spin = max_spin
 
     for t in range(t0, t1):
         t64 = tl.cast(t, tl.int64)
@@ -313,7 +321,7 @@ def lstm_fwd_kernel(
                     else:
                         _store_h(p_hs, p_out, p_hp, t64, s_hs_t, s_h_b, s_h_r, i_b, i_h, m_bh, b_live, b_hn, PACKED)
             if PERSISTENT and PROJECT:
-                _grid_barrier(p_sync, ((t - t0) * n_phases + 1) * nprog, max_spin, p_err)
+                spin = _grid_barrier(p_sync, ((t - t0) * n_phases + 1) * nprog, spin, p_err)
         if PROJECT:
             if pid * BLOCK_R < R:
                 for b0 in range(0, B, BLOCK_B):
@@ -326,7 +334,7 @@ def lstm_fwd_kernel(
                     _store_h(p_hs, p_out, p_hp, t64, s_hs_t, s_h_b, s_h_r, i_b, i_p, m_b[:, None] & m_p[None, :],
                              b_live, b_hn, PACKED)
         if PERSISTENT:
-            _grid_barrier(p_sync, (t - t0 + 1) * n_phases * nprog, max_spin, p_err)
+            spin = _grid_barrier(p_sync, (t - t0 + 1) * n_phases * nprog, spin, p_err)
 
 
 # ----------------------------------------------------------------------------
@@ -434,6 +442,7 @@ def lstm_bwd_kernel(
         b_wr = b_w
     nprog = tl.num_programs(0)
     n_phases: tl.constexpr = 2 if (RECUR and CELL) else 1
+    spin = max_spin
 
     for s in range(0, t1 - t0):
         t = t1 - 1 - s
@@ -452,7 +461,7 @@ def lstm_bwd_kernel(
                     p_dh_bp = p_dh + t64 * s_dh_t + i_b[:, None] * s_dh_b + i_p[None, :] * s_dh_r
                     tl.store(p_dh_bp, b_dh.to(p_dh.dtype.element_ty), mask=m_bp)
             if PERSISTENT and CELL:
-                _grid_barrier(p_sync, (s * n_phases + 1) * nprog, max_spin, p_err)
+                spin = _grid_barrier(p_sync, (s * n_phases + 1) * nprog, spin, p_err)
         if CELL:
             if pid * BLOCK_H < H:
                 for b0 in range(0, B, BLOCK_B):
@@ -473,4 +482,4 @@ def lstm_bwd_kernel(
                                    s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h,
                                    s_dg_t, s_dg_b, s_dg_g, PACKED)
         if PERSISTENT:
-            _grid_barrier(p_sync, (s + 1) * n_phases * nprog, max_spin, p_err)
+            spin = _grid_barrier(p_sync, (s + 1) * n_phases * nprog, spin, p_err)
