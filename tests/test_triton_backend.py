@@ -478,6 +478,48 @@ def test_column_masks_are_dropped_only_where_the_k_chunk_divides_the_sizes(recor
     assert even == [True] * 4 and odd == [False] * 4
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="the interpreter case")
+def test_the_interpreter_plans_one_program_even_for_cuda_tensors():
+    """The interpreter runs a grid's programs one after another whatever the
+    tensors' device, so a multi-program persistent grid would spin there."""
+    assert tb._device_limits.__wrapped__(torch.device("cuda", 0)) == (1, 227 * 1024, False)
+
+
+def test_per_step_fallback_on_a_gpu_compiles_once_and_launches_the_compiled_kernel():
+    """The GPU branch of the fallback's launcher, with stand-ins for Triton's
+    JIT function and compiled kernel (the latter reads the grid as triton's
+    `CompiledKernel` does: all three dimensions)."""
+    warmed, runs = [], []
+
+    class Compiled:
+        def __getitem__(self, grid):
+            grid_x, grid_y, grid_z = grid[0], grid[1], grid[2]  # noqa: F841
+
+            def run(*args, stream):
+                runs.append((grid, args[names.index("t0")], args[names.index("t1")], stream, len(args)))
+
+            return run
+
+    class Kernel:
+        fn = tb._k.lstm_fwd_kernel.fn
+
+        def warmup(self, *args, grid, **options):
+            warmed.append((grid, options))
+            return Compiled()
+
+        def __getitem__(self, grid):
+            raise AssertionError("the per-step loop must not go through Triton's dispatcher")
+
+    kernel = Kernel()
+    names = tb._param_names(kernel)
+    params = dict.fromkeys(names, 0)
+    launcher = tb._StepLauncher(kernel, (5,), params, {"num_warps": 8}, stream=1234)
+    for t in range(3):
+        launcher(t, t + 1)
+    assert warmed == [((5, 1, 1), {"num_warps": 8})], "compiled once, for a padded 3-d grid"
+    assert runs == [((5, 1, 1), t, t + 1, 1234, len(names)) for t in range(3)]
+
+
 @pytest.mark.parametrize("which", ["forward", "backward"])
 def test_barrier_timeout_is_an_error_naming_the_shape(monkeypatch, which):
     """A persistent grid whose programs are not all resident at once: the

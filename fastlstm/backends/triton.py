@@ -224,12 +224,13 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
 def _device_limits(device: torch.device) -> Tuple[int, int, bool]:
     """(sm_count, smem_per_block, cooperative) for plans on `device`.
 
-    Under the interpreter (CPU tensors): one SM, so one program runs every
-    step in a single persistent launch, and an H100's shared memory, so the
+    Under the interpreter (which runs a grid's programs one after another,
+    whatever the tensors' device): one SM, so one program runs every step in a
+    single persistent launch, and an H100's shared memory, so the
     resident-weight path is the one exercised. Read at the first forward on
     a device, never at import.
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or _interpreting():
         return 1, 227 * 1024, False
     props = torch.cuda.get_device_properties(device)
     smem = getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
@@ -300,22 +301,24 @@ def _param_names(kernel) -> Tuple[str, ...]:
 class _StepLauncher:
     """Launches one kernel configuration step after step, changing only t0 and t1.
 
-    On a GPU the kernel is compiled (or found in Triton's cache) once, then
-    launched through the compiled kernel itself: no argument binding,
-    specialisation or cache lookup per step. Under the interpreter it goes
-    through the usual `kernel[grid](...)`.
+    With a CUDA `stream`, the kernel is compiled (or found in Triton's cache)
+    once, then launched through the compiled kernel itself: no argument
+    binding, specialisation or cache lookup per step. Without one (the
+    interpreter) it goes through the usual `kernel[grid](...)`.
     """
 
-    def __init__(self, kernel, grid: Tuple[int], params: Dict[str, object], options: Dict[str, object]):
+    def __init__(self, kernel, grid: Tuple[int], params: Dict[str, object], options: Dict[str, object],
+                 stream: Optional[int] = None):
+        # A compiled kernel reads all three grid dimensions (the dispatcher pads them).
+        grid = tuple(grid) + (1,) * (3 - len(grid))
         self.kernel, self.grid, self.options = kernel, grid, options
         self.names = _param_names(kernel)
         self.args: List[object] = [params[n] for n in self.names]
         self.i_t0, self.i_t1 = self.names.index("t0"), self.names.index("t1")
         self.run = None
-        device = next(v for v in params.values() if isinstance(v, Tensor)).device
-        if device.type == "cuda" and not _interpreting():
+        if stream is not None:
             compiled = kernel.warmup(*self.args, grid=grid, **options)
-            self.run = functools.partial(compiled[grid], stream=torch.cuda.current_stream(device).cuda_stream)
+            self.run = functools.partial(compiled[grid], stream=stream)
 
     def __call__(self, t0: int, t1: int) -> None:
         self.args[self.i_t0], self.args[self.i_t1] = t0, t1
@@ -338,8 +341,8 @@ def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dic
     """
     device = params["p_sync"].device
     options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
-    if plan.maxnreg is not None and not _interpreting():
-        options["maxnreg"] = plan.maxnreg
+    if plan.maxnreg is not None and not _interpreting() and torch.version.hip is None:
+        options["maxnreg"] = plan.maxnreg  # an NVIDIA option
     constexprs = dict(constexprs, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_R=plan.block_r,
                       BLOCK_K=plan.block_k, W_RESIDENT=plan.w_resident)
     # A single step needs no barrier: launched step-wise it needs no check of
@@ -361,8 +364,9 @@ def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dic
         _check_barrier(err, plan, shape)
         return
     grids = [plan.grid if p.get("CELL") else (plan.proj_grid,) for p in phases]
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" and not _interpreting() else None
     launchers = [_StepLauncher(kernel, g, dict(params, **constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN,
-                                               PERSISTENT=False), options)
+                                               PERSISTENT=False), options, stream)
                  for g, p in zip(grids, phases)]
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
         for launcher in launchers:
@@ -579,10 +583,7 @@ class LSTMTritonFunction(torch.autograd.Function):
             out = x.new_zeros(T, B, h0.shape[1])
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
             return out, h0.clone(), c0.clone()
-        H = w_hh.shape[0] // 4
-        proj = w_hr.shape[0] if w_hr is not None else 0
-        fwd_plan, bwd_plan = plans_for(x, H, proj, training=save)
-        ctx.bwd_plan = bwd_plan
+        fwd_plan, _ = plans_for(x, w_hh.shape[0] // 4, w_hr.shape[0] if w_hr is not None else 0, training=save)
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
         with _device_guard(x):
             out, hs, cs, gates, hc = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan)
@@ -606,11 +607,13 @@ class LSTMTritonFunction(torch.autograd.Function):
                     z(whh_shape[0]) if ctx.has_b_hh and needs[6] else None,
                     z(whr_shape) if ctx.has_w_hr and needs[7] else None, None, None)
         x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens = ctx.saved_tensors
+        # Planned now, with the precision setting the backward's products use.
+        _, bwd_plan = plans_for(x, w_hh.shape[0] // 4, w_hr.shape[0] if w_hr is not None else 0, training=True)
         with _device_guard(x):
             dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _lstm_bwd(
                 d_out, d_hn, d_cn, x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
                 (needs[0], needs[1], needs[2], needs[3], needs[4], needs[5] or needs[6], needs[7]),
-                ctx.bwd_plan,
+                bwd_plan,
             )
         db_ih = db if ctx.has_b_ih and needs[5] else None
         db_hh = db if ctx.has_b_hh and needs[6] else None
