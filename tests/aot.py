@@ -51,6 +51,9 @@ STREAMED = (16, 2048, 0, False)
 # The spill-location control: a forward forced into heavy spilling (64-row
 # batch tiles, 64 registers), so the check is seen to catch spills in a step.
 SPILL_CONTROL = dict(batch=256, hidden=1024, dtype="bfloat16", precision=None, BLOCK_B=64, maxnreg=64)
+# One-step calls launch the same kernels step-wise (no barrier; one phase per
+# launch): compiled for these layers (the largest plain one, and a projected one).
+ONE_STEP = ((16, 1024, 0, False), (16, 1024, 256, True))
 # float16 compiles to bfloat16's code but for the tensor-core instruction's
 # element type; it is checked at these sizes only, to keep the run short.
 FLOAT16_HIDDENS = (256, 1024)
@@ -88,14 +91,14 @@ class _Recorder:
         return record
 
 
-def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu):
+def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu, steps=2):
     """[(kernel, plan, grid, kwargs)] for one layer call on `gpu`, as the backend builds them."""
     fwd_rec, bwd_rec = _Recorder(tb._k.lstm_fwd_kernel), _Recorder(tb._k.lstm_bwd_kernel)
     real = tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel
     tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel = fwd_rec, bwd_rec
     try:
         dt = getattr(torch, dtype)
-        T, B, H, R = 2, batch, hidden, proj or hidden
+        T, B, H, R = steps, batch, hidden, proj or hidden
         fwd_plan, bwd_plan = (tb.launch_plan(B, H, proj, dt, gpu["sm_count"], gpu["smem_per_block"], training,
                                              kernel=k, exact_fp32=precision == "ieee")
                               for k in ("forward", "backward"))
@@ -111,17 +114,24 @@ def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, g
     finally:
         tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel = real
     result = [(real[0], fwd_plan, *launch) for launch in fwd_rec.launches]
-    return result + [(real[1], bwd_plan, *launch) for launch in bwd_rec.launches]
+    result += [(real[1], bwd_plan, *launch) for launch in bwd_rec.launches]
+    for _, plan, _, kwargs in result:
+        if kwargs.get("PERSISTENT"):
+            kwargs["launch_cooperative_grid"] = True  # as on a GPU (the recorder saw CPU tensors)
+    return result
 
 
 def _configs(gpu):
+    """(batch, hidden, proj, packed, dtype, precision, training, steps) to compile."""
     for dtype, precision in DTYPES:
         for training in (False, True):
             for batch in BATCHES:
                 for hidden in FLOAT16_HIDDENS if dtype == "float16" else HIDDENS:
-                    yield batch, hidden, 0, False, dtype, precision, training
+                    yield batch, hidden, 0, False, dtype, precision, training, 2
             for batch, hidden, proj, packed in (() if dtype == "float16" else EXTRA) + (STREAMED,):
-                yield batch, hidden, proj, packed, dtype, precision, training
+                yield batch, hidden, proj, packed, dtype, precision, training, 2
+            for batch, hidden, proj, packed in ONE_STEP:
+                yield batch, hidden, proj, packed, dtype, precision, training, 1
 
 
 _OPTIONS = ("num_warps", "num_stages", "maxnreg", "launch_cooperative_grid")
@@ -221,12 +231,13 @@ def _compile(kernel, plan, grid, kwargs, arch, gpu, config):
     seconds = time.perf_counter() - start
     ptx = compiled.asm["ptx"]
     regs, spills = _resource_usage(compiled.asm["cubin"])
-    batch, hidden, proj, packed, dtype, precision, training = config
+    batch, hidden, proj, packed, dtype, precision, training, steps = config
     constexprs = {p.name for p in kernel.params if p.is_constexpr}
     return {
         "arch": arch, "gpu": gpu, "kernel": kernel.fn.__name__, "batch": batch, "hidden": hidden,
         "proj": proj, "packed": packed, "dtype": dtype, "precision": precision, "training": training,
-        "plan": str(plan), "grid": grid[0], "persistent": plan.persistent, "resident": plan.w_resident,
+        "steps": steps,
+        "plan": str(plan), "grid": grid[0], "persistent": bool(kwargs["PERSISTENT"]), "resident": plan.w_resident,
         "num_warps": kwargs["num_warps"], "maxnreg": kwargs.get("maxnreg"),
         "flags": {k: str(v) for k, v in kwargs.items() if k in constexprs or k in _OPTIONS},
         "registers": regs, "spill_bytes": spills,
@@ -242,17 +253,19 @@ def compile_all(arch: str):
     driver.set_active(_Target(gpu["cc"]))
     seen = set()
     for config in _configs(gpu):
-        for kernel, plan, grid, kwargs in _launch_arguments(*config, gpu):
+        for kernel, plan, grid, kwargs in _launch_arguments(*config[:7], gpu, steps=config[7]):
             kwargs = dict(kwargs, UPCAST_DOT=False)
             constexprs = {p.name for p in kernel.params if p.is_constexpr}
             flags = {k: v for k, v in kwargs.items() if k in constexprs or k in _OPTIONS}
-            key = (kernel.fn.__name__, grid, config[4], tuple(sorted(flags.items())))
+            # The grid does not change the compiled code (nor, for streamed
+            # weights, does the size): one compile per distinct kernel.
+            key = (kernel.fn.__name__, config[4], tuple(sorted(flags.items())))
             if key not in seen:
                 seen.add(key)
                 yield _compile(kernel, plan, grid, kwargs, arch, gpu, config)
     c = SPILL_CONTROL
-    config = (c["batch"], c["hidden"], 0, False, c["dtype"], c["precision"], False)
-    kernel, plan, grid, kwargs = _launch_arguments(*config, gpu)[0]
+    config = (c["batch"], c["hidden"], 0, False, c["dtype"], c["precision"], False, 2)
+    kernel, plan, grid, kwargs = _launch_arguments(*config[:7], gpu)[0]
     row = _compile(kernel, plan, grid, dict(kwargs, UPCAST_DOT=False, BLOCK_B=c["BLOCK_B"], maxnreg=c["maxnreg"]),
                    arch, gpu, config)
     yield dict(row, control="spills")
