@@ -1,15 +1,9 @@
 """Helpers shared by the backends and the functional layer above them."""
-import functools
 import warnings
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
-
-_DOUBLE_BACKWARD_ERROR = (
-    b"trying to differentiate twice a function that was marked with @once_differentiable: "
-    b"fastlstm's jit and triton backends have hand-written backwards; use "
-    b"backend='reference' for double backward"
-)
 
 
 def script_quietly(fn):
@@ -46,30 +40,57 @@ def needs_autograd(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def refuse_double_backward(backward):
-    """With create_graph=True, make every gradient raise a clear error if it is
-    differentiated again. `once_differentiable` alone does so only when the
-    incoming gradients require grad; after a linear loss they do not, and
-    the gradient would come back silently detached."""
+def transforms_active(*tensors) -> bool:
+    """Whether these tensors (None allowed) are seen through a torch.func
+    transform (grad, vjp, jacrev, vmap, jvp, ...) or carry forward-mode
+    tangents. The fast backends then hand the layer to the reference loop:
+    plain torch ops, which every transform and forward-mode AD support."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    # autograd.functional.jacobian/hessian(vectorize=True) batch with the older vmap
+    if any(t is not None and torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors):
+        return True
+    if forward_ad._current_level >= 0:
+        return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    return False
 
-    @functools.wraps(backward)
-    def wrapper(ctx, *grads):
-        outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():
-            return outputs
-        delayed = [i for i, g in enumerate(outputs) if isinstance(g, Tensor) and not g.requires_grad]
-        if not delayed:
-            return outputs
-        err_fn = torch._C._functions.DelayedError(_DOUBLE_BACKWARD_ERROR, len(delayed))
-        wrapped = err_fn(*[outputs[i].detach().requires_grad_() for i in delayed])
-        if isinstance(wrapped, Tensor):
-            wrapped = (wrapped,)
-        result = list(outputs)
-        for i, g in zip(delayed, wrapped):
-            result[i] = g
-        return tuple(result)
 
-    return wrapper
+def differentiable_backward(grads) -> bool:
+    """Whether a hand-written backward must itself be differentiable: under
+    `create_graph=True` (grad mode is on inside the backward) or when the
+    incoming gradients are batched or wrapped by torch.func (jacobian with
+    vectorize=True, jacrev)."""
+    return torch.is_grad_enabled() or transforms_active(*grads)
+
+
+def reference_grads(inputs, batch_sizes, grads, needs):
+    """The layer's input gradients, recomputed with the reference loop under
+    autograd, as differentiable functions of `inputs` and `grads`.
+
+    `inputs` are the saved (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) (None
+    allowed), which under create_graph carry their own history; `needs` says
+    which gradients to return (the rest are None). What a hand-written
+    backward gives for higher-order gradients: the fast path is for first
+    derivatives, this one for everything past them.
+    """
+    from .reference import lstm_layer_reference
+
+    wanted = [k for k, t in enumerate(inputs) if t is not None and needs[k]]
+    result = [None] * len(inputs)
+    if not wanted:
+        return result
+    with torch.enable_grad():
+        # Saved inputs keep their history under create_graph, so what comes
+        # back is differentiable with respect to the originals too.
+        args = [t if t is None or k not in wanted or t.requires_grad else t.detach().requires_grad_()
+                for k, t in enumerate(inputs)]
+        outputs = lstm_layer_reference(*args, batch_sizes)
+        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+        found = torch.autograd.grad([o for o, _ in pairs], [args[k] for k in wanted],
+                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
+    for k, g in zip(wanted, found):
+        result[k] = torch.zeros_like(inputs[k]) if g is None else g
+    return result
 
 
 def sequence_lengths(batch_sizes: Tensor, batch: int) -> Tensor:

@@ -27,9 +27,10 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ._common import FunctionCtx, needs_autograd, refuse_double_backward, script_quietly
+from ._common import (FunctionCtx, differentiable_backward, needs_autograd, reference_grads, script_quietly,
+                      transforms_active)
+from .reference import lstm_layer_reference
 
 __all__ = ["lstm_layer_jit", "LSTMJitFunction"]
 
@@ -508,62 +509,75 @@ class LSTMJitFunction(torch.autograd.Function):
 
     Arguments: lstm_layer_jit's, then `save` (keep what the backward needs).
     float16/bfloat16 arguments are computed in float32; outputs and
-    gradients come back in the arguments' dtypes.
+    gradients come back in the arguments' dtypes. Everything the backward
+    reads goes through `save_for_backward` (so saved-tensor hooks and
+    checkpointing see it), and nothing saved is a returned tensor (so
+    in-place ops on the outputs are safe). Past first derivatives, the
+    backward recomputes with the reference loop (`reference_grads`).
     """
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save=True):
-        dtypes = [None if t is None else t.dtype for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = map(_f32, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        dtype = x.dtype
         T, B = x.shape[0], x.shape[1]
         sizes = _sizes(batch_sizes)
-        ctx.dtypes = dtypes
-        ctx.has_b = (b_ih is not None, b_hh is not None)
+        ctx.dtypes = [None if t is None else t.dtype for t in inputs]
+        ctx.batch_sizes = batch_sizes
         ctx.empty = T == 0
         if ctx.empty:
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
-            outputs = (x.new_zeros(0, B, h0.shape[1]), h0.clone(), c0.clone())
-            return tuple(t.to(dtypes[0]) for t in outputs)
+            ctx.save_for_backward(*inputs)
+            return x.new_zeros(0, B, h0.shape[1]), h0.clone(), c0.clone()
+        x32, h032, c032, w_ih32, w_hh32, b_ih32, b_hh32, w_hr32 = map(_f32, inputs)
         fwd, _ = _scripted()
-        use_mkldnn = _use_mkldnn(x, c0.shape[1], h0.shape[1])
-        wi, wh, bias, wr = _prepare(w_ih, w_hh, b_ih, b_hh, w_hr)
+        use_mkldnn = _use_mkldnn(x32, c032.shape[1], h032.shape[1])
+        wi, wh, bias, wr = _prepare(w_ih32, w_hh32, b_ih32, b_hh32, w_hr32)
         chunk = _chunk(T, B)
-        out, h_n, c_n, S, C, TH, M = fwd(x, h0, c0, wi, wh, bias, wr, sizes, save, use_mkldnn, chunk,
+        out, h_n, c_n, S, C, TH, M = fwd(x32, h032, c032, wi, wh, bias, wr, sizes, save, use_mkldnn, chunk,
                                          T >= _REORDER_MIN_STEPS)
+        result = out.to(dtype) if dtype in _HALF_TYPES else out
         if save:
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, out)
-            # Intermediates (lists of chunks) need no version check: nothing else sees them.
-            ctx.acts = (S, C, TH, M)
+            if result is out:
+                result = out.clone()  # the backward reads `out`; the caller may edit what it gets
+            ctx.counts = (len(S), len(C), len(TH), len(M))
+            ctx.save_for_backward(*inputs, out, *S, *C, *TH, *M)
             ctx.sizes = sizes
             ctx.chunk = chunk
             ctx.use_mkldnn = use_mkldnn
-        if dtypes[0] in _HALF_TYPES:
-            return out.to(dtypes[0]), h_n.to(dtypes[0]), c_n.to(dtypes[0])
-        return out, h_n, c_n
+        return result, h_n.to(dtype), c_n.to(dtype)
 
     @staticmethod
-    @refuse_double_backward
-    @once_differentiable
     def backward(ctx, dout, dh_n, dc_n):
         need = ctx.needs_input_grad
-        has_ih, has_hh = ctx.has_b
+        saved = ctx.saved_tensors
+        inputs = saved[:8]
+        if differentiable_backward((dout, dh_n, dc_n)):
+            return (*reference_grads(inputs, ctx.batch_sizes, (dout, dh_n, dc_n), need), None, None)
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
         if ctx.empty:
             x_shape, wih_shape, whh_shape, whr_shape = ctx.shapes
             z = dout.new_zeros
             grads = [z(x_shape), dh_n.clone(), dc_n.clone(), z(wih_shape), z(whh_shape),
-                     z(whh_shape[0]) if has_ih else None, z(whh_shape[0]) if has_hh else None,
+                     z(whh_shape[0]) if b_ih is not None else None, z(whh_shape[0]) if b_hh is not None else None,
                      z(whr_shape) if whr_shape is not None else None]
         else:
             _, bwd = _scripted()
-            x, h0, c0, w_ih, w_hh, w_hr, out = ctx.saved_tensors
-            w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()
-            w_hr = None if w_hr is None else w_hr.contiguous()
-            S, C, TH, M = ctx.acts
+            out, rest = saved[8], saved[9:]
+            acts = []
+            for n in ctx.counts:
+                acts.append(list(rest[:n]))
+                rest = rest[n:]
+            S, C, TH, M = acts
+            x, h0, c0 = _f32(x), _f32(h0), _f32(c0)
+            w_ih, w_hh = _f32(w_ih).contiguous(), _f32(w_hh).contiguous()
+            w_hr = None if w_hr is None else _f32(w_hr).contiguous()
             need_dw = any(need[3:8])
             dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = bwd(
                 _f32(dout).contiguous(), _f32(dh_n), _f32(dc_n), x, h0, c0, w_ih, w_hh, w_hr, out,
                 S, C, TH, M, ctx.sizes, ctx.chunk, ctx.use_mkldnn, bool(need[0]), need_dw,
             )
+            has_ih, has_hh = b_ih is not None, b_hh is not None
             grads = [dx, dh0, dc0, dw_ih, dw_hh, db if has_ih else None,
                      (db.clone() if has_ih else db) if has_hh else None,
                      dw_hr if w_hr is not None else None]
@@ -604,8 +618,37 @@ def lstm_layer_jit(
         torch.Size([5, 2, 4])
     """
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if transforms_active(*tensors):
+        return lstm_layer_reference(*tensors, batch_sizes)
     if needs_autograd(*tensors):
-        return LSTMJitFunction.apply(*tensors, batch_sizes, True)
-    # No autograd: run the Function's forward as a plain call, saving nothing.
-    args = (*tensors, batch_sizes, False)
-    return LSTMJitFunction.forward(FunctionCtx(args), *args)
+        result = LSTMJitFunction.apply(*tensors, batch_sizes, True)
+    else:
+        # No autograd: run the Function's forward as a plain call, saving nothing.
+        args = (*tensors, batch_sizes, False)
+        result = LSTMJitFunction.forward(FunctionCtx(args), *args)
+    if not _finite(result[1], result[2]) and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr):
+        return lstm_layer_reference(*tensors, batch_sizes)
+    return result
+
+
+def _finite(*tensors: Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _scaling_is_finite(*weights: Optional[Tensor]) -> bool:
+    """Whether `_prepare`'s power-of-two scalings (at most 4x, after summing
+    the biases) stay finite: they do for weights within an eighth of the
+    dtype's range. Checked only when the final state is not finite (a NaN
+    anywhere in a row's sequence reaches its final state), so it costs
+    nothing in the common case. Past that range (a float32 entry of 1e38,
+    say) the layer reruns as the unscaled reference loop, which stays finite
+    wherever nn.LSTM does: an overflowed scaling gives inf, so it shows as NaN."""
+    if weights[0].dtype in _HALF_TYPES:
+        return True  # computed in float32
+    limit = torch.finfo(weights[0].dtype).max / 8
+    for w in weights:
+        if w is not None and w.numel():
+            lo, hi = torch.aminmax(w.detach())
+            if not -limit <= float(lo) <= float(hi) <= limit:
+                return False
+    return True

@@ -37,10 +37,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..kernels import lstm as _k
-from ._common import needs_autograd, refuse_double_backward, sequence_lengths
+from ._common import differentiable_backward, needs_autograd, reference_grads, sequence_lengths, transforms_active
+from .reference import lstm_layer_reference
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -588,16 +588,25 @@ class LSTMTritonFunction(torch.autograd.Function):
         with _device_guard(x):
             out, hs, cs, gates, hc = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan)
         if save:
-            ctx.save_for_backward(x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens)
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, gates, hc, lens)
         # No output may be a view (torch forbids in-place on views returned by
-        # a Function) nor alias another output or a saved buffer.
+        # a Function) nor alias another output or a saved buffer: unpacked,
+        # `out` is hs itself, which the backward reads.
+        if save and out is hs:
+            out = hs.clone()
         return out, hs[T - 1].clone(), cs[T].to(x.dtype, copy=True)
 
     @staticmethod
-    @refuse_double_backward
-    @once_differentiable
     def backward(ctx, d_out, d_hn, d_cn):
         needs = ctx.needs_input_grad
+        if not ctx.empty and differentiable_backward((d_out, d_hn, d_cn)):
+            # Past first derivatives: the reference loop, recomputed under autograd.
+            inputs, lens = ctx.saved_tensors[:8], ctx.saved_tensors[-1]
+            batch_sizes = None
+            if lens is not None:
+                steps = torch.arange(inputs[0].shape[0])
+                batch_sizes = (lens.cpu().unsqueeze(0) > steps.unsqueeze(1)).sum(1)
+            return (*reference_grads(inputs, batch_sizes, (d_out, d_hn, d_cn), needs), None, None)
         if ctx.empty:
             x_shape, wih_shape, whh_shape, whr_shape = ctx.shapes
             z = lambda s: d_out.new_zeros(s)  # noqa: E731
@@ -606,7 +615,7 @@ class LSTMTritonFunction(torch.autograd.Function):
                     z(whh_shape[0]) if ctx.has_b_ih and needs[5] else None,
                     z(whh_shape[0]) if ctx.has_b_hh and needs[6] else None,
                     z(whr_shape) if ctx.has_w_hr and needs[7] else None, None, None)
-        x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens = ctx.saved_tensors
+        x, h0, _, w_ih, w_hh, _, _, w_hr, hs, cs, gates, hc, lens = ctx.saved_tensors
         # Planned now, with the precision setting the backward's products use.
         _, bwd_plan = plans_for(x, w_hh.shape[0] // 4, w_hr.shape[0] if w_hr is not None else 0, training=True)
         with _device_guard(x):
@@ -696,6 +705,8 @@ def lstm_layer_triton(
         >>> out.shape
         torch.Size([5, 2, 4])
     """
+    if transforms_active(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        return lstm_layer_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     save = needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     fn, args = _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save)
     return fn.apply(*args)
