@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
@@ -34,6 +35,10 @@ class LSTM(nn.LSTM):
         >>> out.shape, h.shape
         (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
     """
+
+    # A class-level default, so instances unpickled from a torch.nn.LSTM
+    # checkpoint (which never ran __init__) have one.
+    backend = "auto"
 
     def __init__(
         self,
@@ -83,7 +88,18 @@ class LSTM(nn.LSTM):
         """A plain torch.nn.LSTM with this module's settings and parameters (shared)."""
         return _rebuild(nn.LSTM, self, _lstm_settings(self))
 
+    def __prepare_scriptable__(self) -> nn.LSTM:
+        # torch.jit.script(model) scripts this: the standard aten::lstm op,
+        # which is what TorchScript consumers run.
+        return self.to_torch()
+
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        if _fx_tracing(input, hx):
+            return _fx_leaf(self, input, hx)
+        if _exporting():
+            # Traced, exported or sent to ONNX: leave torch's own op in the graph.
+            return super().forward(input, hx)
+        self._update_flat_weights()  # as nn.LSTM: the parameters of this call (functional_call)
         packed = isinstance(input, PackedSequence)
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -125,7 +141,7 @@ class LSTM(nn.LSTM):
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         self.check_forward_args(x, hx, batch_sizes)
         weights = [getattr(self, name) for name in self._flat_weights_names]
-        x, hx, weights, autocast_off = _autocast_inputs(x, hx, weights)
+        x, hx, weights, autocast_off = _autocast_inputs(x, hx, weights, packed=packed)
         _check_devices_and_dtypes(x, hx, weights[0])
         if x.size(1 if (self.batch_first and not packed) else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
@@ -167,6 +183,8 @@ class LSTMCell(nn.LSTMCell):
         torch.Size([3, 20])
     """
 
+    backend = "auto"  # as for LSTM
+
     def __init__(
         self,
         input_size: int,
@@ -195,7 +213,14 @@ class LSTMCell(nn.LSTMCell):
         """A plain torch.nn.LSTMCell with this module's settings and parameters (shared)."""
         return _rebuild(nn.LSTMCell, self, _cell_settings(self))
 
+    def __prepare_scriptable__(self) -> nn.LSTMCell:
+        return self.to_torch()  # see LSTM.__prepare_scriptable__
+
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        if _fx_tracing(input, hx):
+            return _fx_leaf(self, input, hx)
+        if _exporting():
+            return super().forward(input, hx)
         if not isinstance(input, Tensor):
             raise TypeError(f"LSTMCell: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
@@ -242,7 +267,34 @@ class LSTMCell(nn.LSTMCell):
         return h, c
 
 
-def _autocast_inputs(x: Tensor, hx, weights, cell: bool = False):
+def _exporting() -> bool:
+    """Whether this call is being recorded for export: torch.jit.trace (and the
+    TorchScript ONNX exporter), or torch.export (and the dynamo ONNX exporter)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
+    return torch.jit.is_tracing() or (is_exporting is not None and is_exporting())
+
+
+def _fx_tracing(input, hx) -> bool:
+    return isinstance(input, torch.fx.Proxy) or (
+        isinstance(hx, (tuple, list)) and any(isinstance(t, torch.fx.Proxy) for t in hx))
+
+
+def _fx_leaf(module: nn.Module, input, hx):
+    """Under torch.fx.symbolic_trace, record the module as one call, the way
+    FX keeps torch.nn's own modules (a leaf), instead of tracing its insides."""
+    proxy = input if isinstance(input, torch.fx.Proxy) else next(t for t in hx if isinstance(t, torch.fx.Proxy))
+    tracer = proxy.tracer
+    path = tracer.path_of_module(module)
+    if not path:
+        raise RuntimeError(
+            f"torch.fx cannot trace a fastlstm.{type(module).__name__} as the root module (nor can it "
+            f"torch.nn's); trace a model that holds it, where it stays one call_module node"
+        )
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", path, args, {})
+
+
+def _autocast_inputs(x: Tensor, hx, weights, cell: bool = False, packed: bool = False):
     """Under autocast, run in the autocast dtype, as torch.nn.LSTM does.
 
     float32 inputs, states and weights are cast once (differentiably, so fp32
@@ -251,8 +303,9 @@ def _autocast_inputs(x: Tensor, hx, weights, cell: bool = False):
     fp32 state and accumulation. Returns a context that turns autocast off (a
     no-op context when autocast is not on).
 
-    Two deliberate details: torch's CPU autocast leaves `lstm_cell` alone, so
-    LSTMCell on the CPU stays in float32 as nn.LSTMCell does; on CUDA,
+    Deliberate details: torch's CPU autocast leaves `lstm_cell` and the
+    packed-input LSTM alone, so LSTMCell and packed input on the CPU stay in
+    float32 as torch's modules do; on CUDA,
     nn.LSTM under autocast always runs cuDNN in float16, where fastlstm uses
     the autocast dtype (bfloat16 when asked for).
     """
@@ -260,7 +313,7 @@ def _autocast_inputs(x: Tensor, hx, weights, cell: bool = False):
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return x, hx, weights, contextlib.nullcontext()
     off = torch.autocast(device_type, enabled=False)
-    if cell and device_type == "cpu":
+    if (cell or packed) and device_type == "cpu":
         return x, hx, weights, off
     dtype = torch.get_autocast_dtype(device_type)
 
@@ -307,11 +360,13 @@ def _check_devices_and_dtypes(x: Tensor, hx: Tuple[Tensor, Tensor], weight: Tens
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
-    """Replace every torch.nn.LSTM and nn.LSTMCell in `model` with fastlstm's, in place.
+    """Turn every torch.nn.LSTM and nn.LSTMCell in `model` into fastlstm's, in place.
 
-    Recursive; the new modules share the old ones' parameters and settings
-    (and train/eval mode). A module that is already a fastlstm one is left
-    as it is. Returns `model` (itself converted when it is an LSTM).
+    Recursive. Each module keeps its identity: its class becomes fastlstm's,
+    so its parameters, settings, train/eval mode, hooks and any
+    reparametrisation (pruning, weight_norm, spectral_norm, torch.nn.utils
+    .parametrize) carry on working. A module that is already a fastlstm one is
+    left as it is. Returns `model`.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.LSTM(10, 20))
@@ -319,25 +374,33 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
         LSTM(10, 20)
     """
     check_backend_name(backend)
-    swapped = _swap(model, backend)
-    if swapped is not None:
-        return swapped
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            new = _swap(child, backend)
-            if new is not None:
-                setattr(parent, name, new)
+    for module in model.modules():
+        _swap(module, backend)
     return model
 
 
-def _swap(module: nn.Module, backend: str) -> Optional[nn.Module]:
+def _swap(module: nn.Module, backend: str) -> None:
     if isinstance(module, (LSTM, LSTMCell)):
-        return None
-    if type(module) is nn.LSTM:
-        return LSTM.from_torch(module, backend=backend)
-    if type(module) is nn.LSTMCell:
-        return LSTMCell.from_torch(module, backend=backend)
-    return None
+        return
+    cls = type(module)
+    for torch_cls, ours in ((nn.LSTM, LSTM), (nn.LSTMCell, LSTMCell)):
+        if cls is torch_cls:
+            module.__class__ = ours
+        elif cls.__bases__ == (torch_cls,) and parametrize.is_parametrized(module):
+            module.__class__ = _parametrized_class(cls, ours)
+        else:
+            continue
+        module.backend = backend
+        return
+
+
+def _parametrized_class(cls: type, ours: type) -> type:
+    """torch.nn.utils.parametrize gives a parametrized module a class of its
+    own, a subclass of the module's class holding one property per
+    parametrized tensor. The same class over fastlstm's, so that removing the
+    parametrisation later leaves a fastlstm module."""
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    return type(cls.__name__, (ours,), namespace)
 
 
 def _lstm_settings(m: nn.LSTM) -> dict:
@@ -356,7 +419,14 @@ def _rebuild(cls, old: nn.Module, settings: dict, **extra) -> nn.Module:
     """Build `cls` on the meta device (no init cost), then adopt `old`'s parameters."""
     new = cls(**settings, device="meta", **extra)
     for name, _ in list(new.named_parameters(recurse=False)):
-        setattr(new, name, getattr(old, name))
+        value = getattr(old, name)
+        if not isinstance(value, nn.Parameter):
+            raise TypeError(
+                f"{cls.__name__}: {type(old).__name__}.{name} is computed from other tensors (pruning, "
+                f"weight_norm, spectral_norm or a parametrization), so it cannot be shared as a parameter; "
+                f"use fastlstm.convert(module), which keeps the reparametrisation"
+            )
+        setattr(new, name, value)
     if isinstance(new, nn.LSTM):
         new._init_flat_weights()
     new.train(old.training)
@@ -374,3 +444,7 @@ _HOOK_DICTS = (
     "_backward_hooks", "_state_dict_pre_hooks", "_state_dict_hooks",
     "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
 )
+
+# Whole models holding these modules load with torch.load(weights_only=True)
+# (torch's default) once fastlstm is imported, as far as fastlstm's classes go.
+torch.serialization.add_safe_globals([LSTM, LSTMCell])
