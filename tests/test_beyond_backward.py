@@ -424,3 +424,57 @@ def test_jit_stays_finite_where_nn_lstm_does(where):
     assert torch.isfinite(want).all()
     assert torch.isfinite(got).all(), "jit overflowed where nn.LSTM stays finite"
     _close(got, want, torch.float32, "out")
+
+
+def test_jit_overflowed_scaling_that_stays_finite():
+    """A g-gate weight past half the float32 range times a tiny input: the
+    doubled weight is inf, the product inf, the gate saturates to a finite but
+    wrong value. The range check runs before the fast path, so it cannot."""
+    ours, theirs = _pair("jit", bias=False)
+    ours.float(), theirs.float()
+    with torch.no_grad():
+        for m in (ours, theirs):
+            m.weight_ih_l0.zero_()
+            m.weight_ih_l0[2 * H, 0] = 1.8e38
+            m.weight_hh_l0.zero_()
+    x = torch.zeros(1, 1, I)
+    x[0, 0, 0] = 1.2e-38
+    _close(ours(x)[1][1], theirs(x)[1][1], torch.float32, "c_n")
+    # the custom op torch.compile runs takes the same check
+    args = [x[0:1], torch.zeros(1, H), torch.zeros(1, H), ours.weight_ih_l0, ours.weight_hh_l0, None, None, None, None]
+    _close(torch.ops.fastlstm.lstm_layer("jit", *args)[2], theirs(x)[1][1][0], torch.float32, "c_n (custom op)")
+
+
+def test_jit_weights_edited_through_data_past_the_range():
+    """`.data` edits leave `_version` alone, so a cached range check is stale;
+    a non-finite final state makes the layer check again."""
+    ours, theirs = _pair("jit")
+    ours.float(), theirs.float()
+    x = torch.randn(3, 2, I)
+    ours(x)  # the weights' range is now known (and cached)
+    for m in (ours, theirs):
+        m.weight_hh_l0.data[2 * H] = 1e38
+    want = theirs(x)[0]
+    assert torch.isfinite(want).all()
+    _close(ours(x)[0], want, torch.float32, "out")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_derivatives_when_one_tensor_fills_two_slots(backend):
+    """LSTMCell(x, (s, s)) and tied biases: each slot's share of the gradient,
+    not the tensor's total twice."""
+    dtype = _dtype(backend)
+    torch.manual_seed(0)
+    cells = [fastlstm.LSTMCell(I, H, backend=backend).to(dtype)]
+    cells.append(nn.LSTMCell(I, H).to(dtype))
+    cells[1].load_state_dict(cells[0].state_dict())
+    x0, s0 = torch.randn(2, I, dtype=dtype), torch.randn(2, H, dtype=dtype)
+    results = []
+    for cell in cells:
+        cell.bias_hh = cell.bias_ih  # tied
+        x, s = x0.clone().requires_grad_(), s0.clone().requires_grad_()
+        h, c = cell(x, (s, s))
+        gs, gb = torch.autograd.grad(h.pow(2).sum() + c.pow(2).sum(), (s, cell.bias_ih), create_graph=True)
+        results.append([gs, gb] + list(torch.autograd.grad(gs.pow(2).sum() + gb.pow(2).sum(), (x, s))))
+    for name, a, b in zip(("d/ds", "d/dbias", "d2/dx", "d2/ds"), *results):
+        _close(a, b, dtype, name)

@@ -81,8 +81,11 @@ def reference_grads(inputs, batch_sizes, grads, needs):
         return result
     with torch.enable_grad():
         # Saved inputs keep their history under create_graph, so what comes
-        # back is differentiable with respect to the originals too.
-        args = [t if t is None or k not in wanted or t.requires_grad else t.detach().requires_grad_()
+        # back is differentiable with respect to the originals too. Each slot
+        # gets its own view: one tensor passed in two slots (h and c, tied
+        # weights) must get each slot's share, not its total twice.
+        args = [t if t is None or k not in wanted else (t.view_as(t) if t.requires_grad else
+                                                           t.detach().requires_grad_())
                 for k, t in enumerate(inputs)]
         outputs = lstm_layer_reference(*args, batch_sizes)
         pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]

@@ -27,6 +27,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ._common import (FunctionCtx, differentiable_backward, needs_autograd, reference_grads, script_quietly,
                       transforms_active)
@@ -529,6 +530,15 @@ class LSTMJitFunction(torch.autograd.Function):
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
             ctx.save_for_backward(*inputs)
             return x.new_zeros(0, B, h0.shape[1]), h0.clone(), c0.clone()
+        ctx.unscaled = not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr)
+        if ctx.unscaled:
+            # Weights whose power-of-two scalings would overflow: the plain
+            # loop, forward here and (recomputed) in the backward.
+            with torch.no_grad():
+                result = lstm_layer_reference(*inputs, batch_sizes)
+            if save:
+                ctx.save_for_backward(*inputs)
+            return result[0].clone() if save else result[0], result[1], result[2]
         x32, h032, c032, w_ih32, w_hh32, b_ih32, b_hh32, w_hr32 = map(_f32, inputs)
         fwd, _ = _scripted()
         use_mkldnn = _use_mkldnn(x32, c032.shape[1], h032.shape[1])
@@ -554,6 +564,9 @@ class LSTMJitFunction(torch.autograd.Function):
         inputs = saved[:8]
         if differentiable_backward((dout, dh_n, dc_n)):
             return (*reference_grads(inputs, ctx.batch_sizes, (dout, dh_n, dc_n), need), None, None)
+        if not ctx.empty and ctx.unscaled:
+            grads = reference_grads(inputs, ctx.batch_sizes, (dout, dh_n, dc_n), need)
+            return (*[None if g is None else g.detach() for g in grads], None, None)
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
         if ctx.empty:
             x_shape, wih_shape, whh_shape, whr_shape = ctx.shapes
@@ -626,7 +639,8 @@ def lstm_layer_jit(
         # No autograd: run the Function's forward as a plain call, saving nothing.
         args = (*tensors, batch_sizes, False)
         result = LSTMJitFunction.forward(FunctionCtx(args), *args)
-    if not _finite(result[1], result[2]) and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr):
+    if not _finite(result[1], result[2]) and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr, cached=False):
+        # Weights edited through .data (which leaves _version alone) past the range
         return lstm_layer_reference(*tensors, batch_sizes)
     return result
 
@@ -635,20 +649,33 @@ def _finite(*tensors: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def _scaling_is_finite(*weights: Optional[Tensor]) -> bool:
+# weight -> (its _version when checked, within range): parameters are checked
+# once per change (an optimizer step), not once per call.
+_IN_RANGE = WeakIdKeyDictionary()  # keyed by identity (tensors compare elementwise)
+
+
+def _scaling_is_finite(*weights: Optional[Tensor], cached: bool = True) -> bool:
     """Whether `_prepare`'s power-of-two scalings (at most 4x, after summing
     the biases) stay finite: they do for weights within an eighth of the
-    dtype's range. Checked only when the final state is not finite (a NaN
-    anywhere in a row's sequence reaches its final state), so it costs
-    nothing in the common case. Past that range (a float32 entry of 1e38,
-    say) the layer reruns as the unscaled reference loop, which stays finite
-    wherever nn.LSTM does: an overflowed scaling gives inf, so it shows as NaN."""
+    dtype's range. Past it (a float32 entry of 1e38, say) the layer runs the
+    unscaled reference loop, which stays finite wherever nn.LSTM does. Each
+    weight's answer is kept until its `_version` changes; an edit through
+    `.data` does not change it, so `lstm_layer_jit` also rechecks, uncached,
+    whenever the final state is not finite."""
     if weights[0].dtype in _HALF_TYPES:
         return True  # computed in float32
     limit = torch.finfo(weights[0].dtype).max / 8
     for w in weights:
-        if w is not None and w.numel():
+        if w is None or not w.numel():
+            continue
+        seen = _IN_RANGE.get(w) if cached else None
+        if seen is not None and seen[0] == w._version:
+            ok = seen[1]
+        else:
             lo, hi = torch.aminmax(w.detach())
-            if not -limit <= float(lo) <= float(hi) <= limit:
-                return False
+            ok = -limit <= float(lo) <= float(hi) <= limit
+            if cached:
+                _IN_RANGE[w] = (w._version, ok)
+        if not ok:
+            return False
     return True
