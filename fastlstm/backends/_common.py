@@ -63,9 +63,10 @@ def differentiable_backward(grads) -> bool:
     return torch.is_grad_enabled() or transforms_active(*grads)
 
 
-def reference_grads(inputs, batch_sizes, grads, needs):
+def reference_grads(inputs, batch_sizes, grads, needs, create_graph=True):
     """The layer's input gradients, recomputed with the reference loop under
-    autograd, as differentiable functions of `inputs` and `grads`.
+    autograd; with `create_graph`, as differentiable functions of `inputs`
+    and `grads`.
 
     `inputs` are the saved (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) (None
     allowed), which under create_graph carry their own history; `needs` says
@@ -90,7 +91,7 @@ def reference_grads(inputs, batch_sizes, grads, needs):
         outputs = lstm_layer_reference(*args, batch_sizes)
         pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
         found = torch.autograd.grad([o for o, _ in pairs], [args[k] for k in wanted],
-                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
+                                    [g for _, g in pairs], create_graph=create_graph, allow_unused=True)
     for k, g in zip(wanted, found):
         result[k] = torch.zeros_like(inputs[k]) if g is None else g
     return result

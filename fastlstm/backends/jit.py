@@ -526,6 +526,7 @@ class LSTMJitFunction(torch.autograd.Function):
         ctx.dtypes = [None if t is None else t.dtype for t in inputs]
         ctx.batch_sizes = batch_sizes
         ctx.empty = T == 0
+        ctx.unscaled = False
         if ctx.empty:
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
             ctx.save_for_backward(*inputs)
@@ -562,11 +563,10 @@ class LSTMJitFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         saved = ctx.saved_tensors
         inputs = saved[:8]
-        if differentiable_backward((dout, dh_n, dc_n)):
-            return (*reference_grads(inputs, ctx.batch_sizes, (dout, dh_n, dc_n), need), None, None)
-        if not ctx.empty and ctx.unscaled:
-            grads = reference_grads(inputs, ctx.batch_sizes, (dout, dh_n, dc_n), need)
-            return (*[None if g is None else g.detach() for g in grads], None, None)
+        differentiable = differentiable_backward((dout, dh_n, dc_n))
+        if differentiable or ctx.unscaled:
+            grads = reference_grads(inputs, ctx.batch_sizes, (dout, dh_n, dc_n), need, create_graph=differentiable)
+            return (*grads, None, None)
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
         if ctx.empty:
             x_shape, wih_shape, whh_shape, whr_shape = ctx.shapes
@@ -645,8 +645,8 @@ def lstm_layer_jit(
     return result
 
 
-def _finite(*tensors: Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+def _finite(h: Tensor, c: Tensor) -> bool:
+    return bool(torch.isfinite(h).all() & torch.isfinite(c).all())  # one sync
 
 
 # weight -> (its _version when checked, within range): parameters are checked
