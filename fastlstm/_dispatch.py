@@ -60,8 +60,8 @@ def available_backends(x: Tensor) -> list:
     return names
 
 
-def resolve_backend(name: str, x: Tensor) -> Callable:
-    """Return the layer primitive (see `fastlstm.backends`) that runs `x` for `name`."""
+def _concrete_backend(name: str, x: Tensor) -> str:
+    """`name` with "auto" resolved for `x`; raises when "triton" cannot run on `x`."""
     check_backend_name(name)
     if name == "auto":
         name = "jit"
@@ -74,6 +74,13 @@ def resolve_backend(name: str, x: Tensor) -> Callable:
                 f"backend 'triton' cannot run here: {reason}. "
                 f"Available here: {', '.join(map(repr, available_backends(x)))}"
             )
+    return name
+
+
+def resolve_backend(name: str, x: Tensor) -> Callable:
+    """Return the layer primitive (see `fastlstm.backends`) that runs `x` for `name`."""
+    name = _concrete_backend(name, x)
+    if name == "triton":
         from .backends.triton import lstm_layer_triton
 
         return lstm_layer_triton
@@ -85,3 +92,30 @@ def resolve_backend(name: str, x: Tensor) -> Callable:
 
     return lstm_layer_reference
 
+
+
+# [lstm_cell_jit] once it has been imported (at the first "jit" cell call, not at import).
+_JIT_CELL: list = []
+
+
+def resolve_cell_backend(name: str, x: Tensor) -> Callable:
+    """Return the cell primitive (see `fastlstm.backends`) that runs `x` for `name`."""
+    if x.is_cpu and (name == "auto" or name == "jit") and _JIT_CELL:
+        return _JIT_CELL[0]  # an LSTMCell stepped on the CPU comes here every step
+    name = _concrete_backend(name, x)
+    if name == "jit":
+        from .backends.jit_cell import lstm_cell_jit
+
+        _JIT_CELL[:] = [lstm_cell_jit]
+        return lstm_cell_jit
+    if name == "reference":
+        from .backends.reference import lstm_cell_reference
+
+        return lstm_cell_reference
+    return functools.partial(_cell_from_layer, resolve_backend(name, x))
+
+
+def _cell_from_layer(layer: Callable, x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
+    """A cell primitive from a layer primitive: one step of a one-step sequence."""
+    _, h_new, c_new = layer(x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, None)
+    return h_new, c_new

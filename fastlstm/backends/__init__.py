@@ -22,6 +22,17 @@ Every backend exposes a function with this signature (the "layer primitive"):
     c_n          (B, H)
 
 Results are differentiable with respect to every tensor argument.
+
+Each backend also has a "cell primitive", one step with no sequence around
+it (what `fastlstm.LSTMCell` runs, so that a cell stepped from Python pays
+no per-sequence set-up):
+
+    lstm_cell_<name>(x, h, c, w_ih, w_hh, b_ih, b_hh) -> (h', c')
+
+    x (B, I), h (B, H), c (B, H), weights as above (no projection)
+    -> h' (B, H), c' (B, H).
+
+"jit" and "reference" write their own; "triton" runs its layer with T = 1.
 Layers, directions, projection and packing are composed on top of this in
 `fastlstm.functional`; the backends know nothing of them.
 """
