@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _ops
-from ._dispatch import check_backend_name, resolve_backend
+from ._dispatch import _cell_from_layer, check_backend_name, resolve_backend, resolve_cell_backend
 from .backends._common import sequence_lengths
-from .backends.reference import lstm_layer_reference
+from .backends.reference import lstm_cell_reference, lstm_layer_reference
 
 
 def lstm(
@@ -136,13 +136,18 @@ def lstm_cell(
     """
     groups = [(w_ih, w_hh, b_ih, b_hh, None)]
     _check_lstm_args(input.unsqueeze(0), _as_layers(hx), groups, 1, None, False, "lstm_cell")
-    h0, c0 = hx
-    x = input.unsqueeze(0)
-    layer = _layer_for(backend, x)
-    if x.shape[1] == 0:
-        layer = lstm_layer_reference  # an empty batch; see `lstm`
-    _, h, c = layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, None)
-    return h, c
+    return _cell(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, backend)
+
+
+def _cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+          b_hh: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
+    """`lstm_cell` on arguments already checked (`LSTMCell.forward` checks its
+    own, as torch.nn does): the backend's cell primitive, no sequence around it."""
+    if x.shape[0] == 0:
+        return lstm_cell_reference(x, h, c, w_ih, w_hh, b_ih, b_hh)  # an empty batch; see `lstm`
+    if torch.compiler.is_compiling():
+        return _cell_from_layer(_layer_for(backend, x), x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return resolve_cell_backend(backend, x)(x, h, c, w_ih, w_hh, b_ih, b_hh)
 
 
 def _as_layers(hx):

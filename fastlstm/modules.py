@@ -217,6 +217,16 @@ class LSTMCell(nn.LSTMCell):
         return self.to_torch()  # see LSTM.__prepare_scriptable__
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        weights = _plain_cell_call(self, input, hx)
+        if weights is not None:
+            # A cell stepped from Python pays this every step: the checks that
+            # keep answers right (shapes, c's dtype, no autocast) in a few
+            # attribute reads. What they do not cover fails inside the step
+            # and is diagnosed by the full path below, which raises torch's error.
+            try:
+                return functional._cell(input, hx[0], hx[1], *weights, self.backend)
+            except RuntimeError:
+                pass
         if _fx_tracing(input, hx):
             return _fx_leaf(self, input, hx)
         if _exporting():
@@ -261,10 +271,37 @@ class LSTMCell(nn.LSTMCell):
                 )
         _check_devices_and_dtypes(x, hx, weights[0])
         with autocast_off:
-            h, c = functional.lstm_cell(x, hx, *weights, backend=self.backend)
+            h, c = functional._cell(x, hx[0], hx[1], *weights, self.backend)
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
+
+
+def _plain_cell_call(cell: "LSTMCell", input, hx) -> Optional[tuple]:
+    """The cell's (w_ih, w_hh, b_ih, b_hh) when an LSTMCell call is the common
+    case the fast path takes, else None. The common case: batched plain
+    tensors, (h, c) given with the right shapes, c in the input's dtype, no
+    autocast, tracing, export or compile, and parameters held as such (not
+    reparametrised, pruned or weight-normed, which the full path reads through
+    the module's attributes). Device mismatches and a bad weight dtype are
+    left to the step itself, which raises on them."""
+    if type(input) is not Tensor or type(hx) is not tuple or len(hx) != 2:
+        return None
+    h, c = hx
+    if type(h) is not Tensor or type(c) is not Tensor or input.dim() != 2:
+        return None
+    B, I = input.shape
+    H = cell.hidden_size
+    if not (I == cell.input_size and h.shape == (B, H) and c.shape == (B, H) and c.dtype == input.dtype
+            and input.is_floating_point() and not torch._C._is_any_autocast_enabled()
+            and torch._C._get_tracing_state() is None and not torch.compiler.is_compiling()):
+        return None
+    # `_parameters` directly: nn.Module.__getattr__ costs ~0.8 us a name.
+    params = cell._parameters
+    try:
+        return params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
+    except KeyError:
+        return None
 
 
 def _exporting() -> bool:

@@ -37,7 +37,11 @@ class FunctionCtx:
 def needs_autograd(*tensors) -> bool:
     """Whether a call on these tensors (None allowed) is recorded by autograd,
     so that a backend must save what its backward needs."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if torch.is_grad_enabled():
+        for t in tensors:  # a plain loop: this runs at every LSTMCell step
+            if t is not None and t.requires_grad:
+                return True
+    return False
 
 
 def transforms_active(*tensors) -> bool:
@@ -48,8 +52,10 @@ def transforms_active(*tensors) -> bool:
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return True
     # autograd.functional.jacobian/hessian(vectorize=True) batch with the older vmap
-    if any(t is not None and torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors):
-        return True
+    is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
+    for t in tensors:  # a plain loop: this runs at every LSTMCell step
+        if t is not None and is_legacy_batched(t):
+            return True
     if forward_ad._current_level >= 0:
         return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
     return False
