@@ -32,7 +32,7 @@ from typing import Dict, List
 import pytest
 import torch
 
-from fastlstm import profiler
+from fastlstm import profile
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -158,7 +158,7 @@ def bench_env():
 
     def get(device: torch.device) -> dict:
         if str(device) not in cache:
-            cache[str(device)] = profiler.environment(device)
+            cache[str(device)] = profile.environment(device)
         return cache[str(device)]
     return get
 
@@ -174,8 +174,8 @@ def shape_data():
             device = torch.device(spec.device)
             torch.manual_seed(0)
             lstm = torch.nn.LSTM(spec.I, spec.H).to(device=device, dtype=spec.torch_dtype)
-            x, grad_out = profiler.make_inputs(spec.T, spec.B, lstm, spec.mode)
-            want = profiler.reference_result(lstm, x, spec.mode, grad_out)
+            x, grad_out = profile.make_inputs(spec.T, spec.B, lstm, spec.mode)
+            want = profile.reference_result(lstm, x, spec.mode, grad_out)
             cache[spec.id] = (lstm, x, grad_out, want)
         return cache[spec.id]
     return get

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastlstm import profiler
+from fastlstm import profile
+from fastlstm.profile import cli as profile_cli, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--seq-lens", "2,4", "--hidden", "8", "--batch", "2", "--input", "4", "--repeats", "1"]
@@ -85,7 +86,7 @@ def test_quick_run_writes_csv_with_the_same_rows(quick_run):
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
     for got, want in zip(table, rows):
-        for field in profiler.FIELDS:
+        for field in profile.FIELDS:
             expected = "" if want[field] is None else str(want[field])
             assert got[field] == expected, f"CSV {field} of {want['backend']} T={want['seq_len']}"
 
@@ -141,7 +142,7 @@ class _WrongGateOrder(nn.Module):
 
 
 def test_a_wrong_backend_is_marked_failed_and_not_timed():
-    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[3], backends=["torch"],
+    rows = profile.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[3], backends=["torch"],
                                 repeats=1, memory=False, extra_models={"wrong": _WrongGateOrder})
     by_key = {(r["backend"], r["mode"]): r for r in rows}
     for mode in ("infer", "train"):
@@ -153,7 +154,7 @@ def test_a_wrong_backend_is_marked_failed_and_not_timed():
 
 
 def test_multi_layer_runs_fastlstm_and_skips_one_layer_baselines():
-    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, layers=2, seq_lens=[3], modes=["train"],
+    rows = profile.run_profile(batch=2, input_size=3, hidden_size=5, layers=2, seq_lens=[3], modes=["train"],
                                 backends=["reference", "tutorial"], repeats=1, memory=False)
     by_name = {r["backend"]: r for r in rows}
     assert by_name["reference"]["status"] == "ok", by_name["reference"]["note"]
@@ -167,13 +168,13 @@ def test_grid_results_file_has_one_paired_row_per_shape_and_mode(tmp_path):
     assert proc.returncode == 0, f"fastlstm profile --grid failed:\n{proc.stdout}\n{proc.stderr}"
     rows = json.loads(results.read_text())
     for r in rows:
-        assert tuple(r) == profiler.RESULT_FIELDS, f"keys {list(r)}"
+        assert tuple(r) == profile.RESULT_FIELDS, f"keys {list(r)}"
         what = f"{r['dtype']} B={r['batch']} T={r['seq_len']} {r['mode']}"
         assert r["backend"] == "jit" and r["baseline"] == "onednn", what
         assert r["hidden"] == 8 and r["input"] == 8, f"{what}: the input size follows the hidden size"
         assert r["ms"] > 0 and r["baseline_ms"] > 0, what
         assert math.isclose(r["speedup"], r["baseline_ms"] / r["ms"], rel_tol=1e-9), what
-        assert r["device"] == profiler.device_name(torch.device("cpu")) and r["torch"] == torch.__version__
+        assert r["device"] == profile.device_name(torch.device("cpu")) and r["torch"] == torch.__version__
         assert "commit" in r and "triton" in r
     shapes = [(r["dtype"], r["batch"], r["seq_len"], r["mode"]) for r in rows]
     expected = {(d, b, t, m) for d in ("float32", "bfloat16") for b in (2, 3) for t in (2, 3)
@@ -188,35 +189,35 @@ def test_grid_results_file_has_one_paired_row_per_shape_and_mode(tmp_path):
 
 def test_results_leave_out_failures_and_keep_other_shapes(tmp_path):
     path = tmp_path / "r.json"
-    other = dict.fromkeys(profiler.RESULT_FIELDS, 1.0)
+    other = dict.fromkeys(profile.RESULT_FIELDS, 1.0)
     other.update(device="elsewhere", backend="triton")
     path.write_text(json.dumps([other]))
-    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[2, 3], modes=["infer"],
+    rows = profile.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[2, 3], modes=["infer"],
                                 backends=["jit"], repeats=1, memory=False)
-    assert profiler.write_results(rows, str(path), "onednn") == 2
+    assert profile.write_results(rows, str(path), "onednn") == 2
     broken = next(r for r in rows if r["backend"] == "jit" and r["seq_len"] == 3)
     broken.update(status="failed", ms=None, note="wrong answer vs nn.LSTM: (made up)")
-    assert profiler.write_results(rows, str(path), "onednn") == 1
+    assert profile.write_results(rows, str(path), "onednn") == 1
     kept = json.loads(path.read_text())
     # The failed shape's earlier row is dropped, not left standing; another device's row stays.
     assert sorted((r["device"], r["seq_len"]) for r in kept) == sorted(
-        [("elsewhere", 1.0), (profiler.device_name(torch.device("cpu")), 2)])
+        [("elsewhere", 1.0), (profile.device_name(torch.device("cpu")), 2)])
 
 
 def test_grid_preset_gpu():
-    grid = profiler._grid("gpu")
+    grid = profile_cli._grid("gpu")
     assert grid == {"batch": [1, 16, 64, 256], "hidden": [256, 768, 1024], "dtype": ["bfloat16", "float32"],
                     "seq_lens": [64, 256, 1024, 4096]}
-    assert profiler._grid("gpu,dtype=bf16,batch=4")["dtype"] == ["bfloat16"]
-    assert profiler._grid("gpu,batch=4")["batch"] == [4]
+    assert profile_cli._grid("gpu,dtype=bf16,batch=4")["dtype"] == ["bfloat16"]
+    assert profile_cli._grid("gpu,batch=4")["batch"] == [4]
 
 
 def test_each_triton_row_names_its_launch_plan():
     rows = [dict(backend="triton", mode="infer", seq_len=T, plan="forward persistent: 96 programs") for T in (64, 256)]
     rows += [dict(backend="triton", mode="train", seq_len=64, plan="forward ...; backward ..."),
              dict(backend="torch", mode="infer", seq_len=64, plan=None)]
-    assert profiler._plan_lines(rows) == [
+    assert report._plan_lines(rows) == [
         "triton infer (T=64, 256) launch plan: forward persistent: 96 programs",
         "triton train (T=64) launch plan: forward ...; backward ...",
     ]
-    assert profiler.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off CUDA"
+    assert profile.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off CUDA"
