@@ -8,7 +8,12 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.fastlstm-installed
 
-.PHONY: venv profile test bench clean
+# `make bench` runs $(PY) $(BENCH_ARGS); tests/test_bench_smoke.py runs the same line
+# (read through `make -s bench-args`) in smoke mode. Group by `group`, which every
+# benchmark sets (to its shape), so that backends of one shape sit side by side.
+BENCH_ARGS := -m pytest bench --benchmark-only --benchmark-group-by=group
+
+.PHONY: venv profile test bench bench-args clean
 
 venv: $(STAMP)
 
@@ -26,7 +31,10 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) -m pytest bench --benchmark-only --benchmark-group-by=param:shape
+	$(PY) $(BENCH_ARGS)
+
+bench-args:
+	@echo $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks

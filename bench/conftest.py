@@ -1,7 +1,7 @@
 """Options and parametrisation for the fastlstm benchmarks (pytest-benchmark).
 
     make bench                                                 # the default grid, grouped by shape
-    pytest bench --benchmark-only --benchmark-group-by=param:shape
+    pytest bench --benchmark-only                              # the same (grouped by `group`)
     pytest bench --benchmark-only --bench-grid=large           # T to 4096, GPU shapes, bf16
     pytest bench --benchmark-disable --bench-smoke -q          # CI: tiny shapes, seconds
     pytest bench --benchmark-only --benchmark-autosave         # saves a run under bench/results/
@@ -9,8 +9,10 @@
 Axes: backend x shape, where a shape fixes sequence length T, batch B, input I,
 hidden H, dtype, device and mode (infer: forward under no_grad; train: forward
 + backward). Its id, e.g. `T256-B32-I128-H256-f32-train` (CUDA shapes start
-with `cuda-`), is the `shape` parameter, so `--benchmark-group-by=param:shape`
-puts the backends of one shape side by side.
+with `cuda-`), is the `shape` parameter and every benchmark's `group`, so the
+default grouping (`--benchmark-group-by=group`) puts the backends of one shape,
+and its GEMM floor, side by side. (`param:shape` fails on the floor benchmarks,
+which have no `shape` parameter.)
 
 - default: CPU, B=32 I=128 H=256 float32, T in 16, 64, 256, 1024, both modes;
   fastlstm "jit" against torch.nn.LSTM ("torch") and the tutorial loop.
@@ -19,12 +21,14 @@ puts the backends of one shape side by side.
   1, 16, 64; H in 256, 768, 1024; float32 and bfloat16; a T sweep to 4096 at
   the FlashRNN paper's B=16 H=768 bf16), and every backend.
 - smoke (`--bench-smoke`, or FASTLSTM_BENCH_SMOKE=1): tiny shapes over every
-  backend, so that the suite collects and runs in seconds.
+  backend, so that the suite collects and runs in seconds; with timing on
+  (`--benchmark-only`), one short round per benchmark.
 test_bench_floor.py times the GEMMs of a layer alone on the float32 CPU shapes of
 the same grid (the `floor_shape` parameter; no backend axis): see its docstring.
 `--bench-backends=a,b` restricts the backends. Unavailable backends (Triton and
 FlashRNN off CUDA, a backend that does not import) are skipped with a reason.
 """
+import decimal
 import os
 from dataclasses import dataclass
 from typing import Dict, List
@@ -86,7 +90,23 @@ def _smoke_grid(large: bool) -> List[Shape]:
     return shapes
 
 
-def pytest_addoption(parser):
+# Options of pytest-benchmark that this project's commands use. Without the plugin
+# pytest would stop at them with "unrecognized arguments"; they are accepted
+# then, so that pytest_configure can say what is missing.
+_PLUGIN_FLAGS = ("--benchmark-only", "--benchmark-disable", "--benchmark-autosave")
+_PLUGIN_VALUES = ("--benchmark-group-by", "--benchmark-json", "--benchmark-save", "--benchmark-storage",
+                  "--benchmark-max-time", "--benchmark-min-rounds", "--benchmark-columns", "--benchmark-sort",
+                  "--benchmark-compare")
+_MISSING_PLUGIN = ("bench/ needs pytest-benchmark, which is not installed for this Python: "
+                   "pip install 'fastlstm[test]' (or pip install pytest-benchmark)")
+
+
+def pytest_addoption(parser, pluginmanager):
+    if not pluginmanager.has_plugin("benchmark"):
+        for flag in _PLUGIN_FLAGS:
+            parser.addoption(flag, action="store_true", help="(needs pytest-benchmark)")
+        for option in _PLUGIN_VALUES:
+            parser.addoption(option, help="(needs pytest-benchmark)")
     group = parser.getgroup("fastlstm-bench", "fastlstm benchmarks")
     group.addoption("--bench-grid", choices=["default", "large"],
                     default=os.environ.get("FASTLSTM_BENCH_GRID", "default"),
@@ -100,10 +120,17 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("benchmark"):
+        raise pytest.UsageError(_MISSING_PLUGIN)
     # Saved runs (--benchmark-save / --benchmark-autosave) go to bench/results
     # unless a storage is named. tryfirst: before pytest-benchmark reads it.
     if getattr(config.option, "benchmark_storage", None) == "file://./.benchmarks":
         config.option.benchmark_storage = "file://" + RESULTS
+    if config.getoption("--bench-smoke"):
+        # Smoke runs check that everything runs and reports, not how fast: one short round each.
+        config.option.benchmark_max_time = decimal.Decimal("0.001")
+        config.option.benchmark_min_rounds = 1
+        config.option.benchmark_warmup = False
 
 
 def _selected(config) -> Dict[str, object]:

@@ -123,6 +123,7 @@ def test_gemm_floor(benchmark, floor_shape, bench_env, request):
         return fn(x.detach(), hs, dzs, w_ih, w_hh, bias, chunk, reorder, train)
 
     _check(floor(), x, hs, dzs, w_ih, w_hh, bias, chunk, train)
+    benchmark.group = spec.id  # beside the backends of the same shape (see conftest.py)
     benchmark.extra_info.update(bench_env(torch.device("cpu")))
     benchmark.extra_info.update(shape=spec.id, seq_len=spec.T, mode=spec.mode)
     if not benchmark.disabled:

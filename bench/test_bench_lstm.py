@@ -41,6 +41,7 @@ def test_lstm(benchmark, backend, shape, shape_spec, shape_data, bench_env):
                     pytrace=False)
     profile.warm_up(step)
 
+    benchmark.group = spec.id  # the backends of one shape side by side (see conftest.py)
     benchmark.extra_info.update(bench_env(device))
     benchmark.extra_info.update(
         backend=backend, shape=spec.id, seq_len=spec.T, batch=spec.B, input=spec.I, hidden=spec.H,
