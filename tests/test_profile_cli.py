@@ -4,8 +4,10 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -110,6 +112,35 @@ def test_quick_run_prints_the_table(quick_run):
         assert text in proc.stdout, f"{text!r} not in the output"
 
 
+def test_quick_run_shows_progress_with_rows_and_time_left(quick_run):
+    _, proc = quick_run
+    # Not a terminal: plain lines, one per finished group of rows.
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[") and " rows] " in line]
+    assert lines, f"no progress line:\n{proc.stdout}"
+    total = int(lines[-1].split("/")[1].split()[0])
+    assert lines[-1].startswith(f"[{total}/{total} rows]"), lines[-1]
+    assert all("elapsed" in line and " left" in line for line in lines), lines
+
+
+def test_quick_run_records_the_load_and_says_how_to_run_the_full_profile(quick_run):
+    out, proc = quick_run
+    rows = json.loads((out / "profile.json").read_text())
+    if hasattr(os, "getloadavg"):
+        assert all(r["load_avg_1m_max"] is not None and r["load_avg_1m_max"] >= 0 for r in rows)
+        assert "Load average at most" in proc.stdout or "The machine was busy" in proc.stdout, proc.stdout
+    assert "fastlstm profile --full" in proc.stdout, proc.stdout
+
+
+def _main(*argv):
+    """fastlstm's command line in this process; returns its exit status."""
+    from fastlstm.cli import main
+
+    try:
+        return main(list(argv))
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--seq-lens", "0,4"], "--seq-lens"),
     (["--seq-lens", "a"], "--seq-lens"),
@@ -118,11 +149,82 @@ def test_quick_run_prints_the_table(quick_run):
     (["--grid", "batch=0/2"], "--grid"),
     (["--grid", "depth=2"], "--grid"),
     (["--grid", "dtype=fp8"], "--grid"),
+    (["--threads", "0"], "--threads"),
+    (["--repeats", "0"], "--repeats"),
+    (["--slow-max-seq-len", "-5"], "--slow-max-seq-len"),
+    (["--batch", "8,0"], "--batch"),
+    (["--workload", "loop"], "--workload"),
+    (["--workload", "cell", "--layers", "2"], "--layers"),
+    (["--quick", "--full"], "--full"),
+    (["--device", "tpu"], "--device 'tpu'"),
+    (["--device", "cuda:99"], "--device 'cuda:99'"),
+    (["--device", "cpu", "--backends", "triton"], "triton"),
+    (["--out", "{file}/sub"], "--out"),
 ])
-def test_bad_arguments_are_named(args, needle, tmp_path):
-    proc = _profile("--out", str(tmp_path), *args, timeout=60)
-    assert proc.returncode != 0
-    assert needle in proc.stderr + proc.stdout
+def test_bad_arguments_get_one_line_naming_them(args, needle, tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    args = [a.replace("{file}", str(tmp_path / "file")) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    code = _main("profile", *args)
+    captured = capsys.readouterr()
+    assert code not in (0, None), f"{args}: exit status {code}"
+    err = captured.err.strip()
+    assert "\n" not in err and err.startswith("fastlstm profile: error: "), f"{args}: {captured.err!r}"
+    assert needle in err, f"{args}: {err!r}"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "measured despite the error"
+
+
+def test_version(capsys):
+    import fastlstm
+
+    code = _main("--version")
+    assert code == 0 and capsys.readouterr().out.startswith(f"fastlstm {fastlstm.__version__} ")
+
+
+def test_a_request_whose_every_backend_was_skipped_is_an_error(tmp_path):
+    # The tutorial loop can run here, but the cap leaves it no T.
+    proc = _profile("--out", str(tmp_path), *TINY, "--backends", "tutorial", "--slow-max-seq-len", "1",
+                    "--no-memory")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no backend asked for was timed (tutorial)" in proc.stdout, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_keeps_the_rows_measured(tmp_path):
+    # SIGINT may be ignored in a background CI job; the child restores Python's handler.
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from fastlstm.cli import main; sys.exit(main(sys.argv[1:]))")
+    args = ["profile", "--out", str(tmp_path), "--seq-lens", "2,3,4,5,6,7,8,9,10,11,12,13", "--repeats", "25",
+            "--hidden", "8", "--batch", "2", "--input", "4", "--backends", "jit,torch", "--no-memory"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    json_path = tmp_path / "profile.json"
+    deadline = time.monotonic() + 120
+    measured = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        if json_path.exists():
+            measured = json.loads(json_path.read_text())  # replaced whole, never half-written
+            if len(measured) >= 4:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None and len(measured) >= 4, "the run ended (or wrote nothing) before it could be stopped"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, f"exit status {proc.returncode}:\n{out}\n{err}"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    summary = [line for line in out.splitlines() if line.startswith("Interrupted")]
+    assert len(summary) == 1 and "profile.json" in summary[0] and "profile.csv" in summary[0], out
+    rows = json.loads(json_path.read_text())
+    assert len(rows) >= len(measured) and len(rows) < 2 * 2 * 12, "expected part of the run"
+    with open(tmp_path / "profile.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(rows), "the CSV and the JSON hold different rows"
+    # Whole groups only: both backends of each (mode, T) measured, with their figures.
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["seq_len"]), []).append(r)
+        assert r["status"] == "ok" and r["ms"] > 0, r
+    assert all(sorted(r["backend"] for r in g) == ["jit", "torch"] for g in groups.values()), groups.keys()
 
 
 class _WrongGateOrder(nn.Module):
@@ -184,7 +286,8 @@ def test_grid_results_file_has_one_paired_row_per_shape_and_mode(tmp_path):
     full = json.loads((tmp_path / "profile.json").read_text())
     baseline = {(r["dtype"], r["batch"], r["seq_len"], r["mode"]): r["ms"] for r in full if r["backend"] == "torch"}
     assert all(baseline[s] == r["baseline_ms"] for s, r in zip(shapes, rows))
-    assert len(list(tmp_path.glob("profile-*.png"))) == 4, "one plot per dtype x batch x hidden"
+    pngs = sorted(p.name for p in tmp_path.glob("profile-*.png"))
+    assert pngs == ["profile-bfloat16-H8.png", "profile-float32-H8.png"], f"one plot per dtype x hidden: {pngs}"
 
 
 def test_results_leave_out_failures_and_keep_other_shapes(tmp_path):

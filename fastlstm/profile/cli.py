@@ -1,20 +1,40 @@
-"""`fastlstm profile`: the command line."""
+"""`fastlstm profile`: the command line.
+
+Three sizes of run, each flag given on the command line winning over them:
+- the default: fastlstm's backends for the device against nn.LSTM and the two
+  baselines, B=32, T in 16, 64, 256, 3 interleaved repeats, the slow loops up to
+  T=64, the layer workload (about two minutes on two idle CPU cores);
+- `--quick`: T in 16, 64, 2 repeats, the slow loops at T=16 only;
+- `--full`: T to 1024, 7 repeats, the slow loops to T=1024, B in 1, 8, 32 and
+  both workloads (layer and cell).
+"""
 import argparse
+import importlib.util
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
+from torch import nn
 
-from .env import _load_average, device_name
-from .files import RESULT_FIELDS, baseline_name, write_csv, write_json, write_results
+from .env import LoadMonitor, busy, device_name
+from .files import RESULT_FIELDS, ProfileFiles, baseline_name, write_results
 from .models import DTYPES, KNOWN_BACKENDS, SLOW_BACKENDS, default_backends, resolve_device
 from .plot import plot
+from .progress import ProgressLine
 from .report import print_report
-from .run import DEFAULT_REPEATS, DEFAULT_SEQ_LENS, DEFAULT_SLOW_MAX_SEQ_LEN, QUICK_REPEATS, QUICK_SEQ_LENS, \
-    QUICK_SLOW_MAX_SEQ_LEN, count_work, run_profile
+from .run import count_work, run_profile
+from .workloads import WORKLOADS, backends_for, workload_unavailable_reason
 
 DEFAULT_OUT = "profile-out"
 DEFAULT_INPUT = 128
+DEFAULT_HIDDEN = 256
+# What each size of run measures unless a flag says otherwise.
+PRESETS = {
+    "quick": dict(seq_lens=[16, 64], repeats=2, slow_max_seq_len=16, batch=[32], workload=["layer"]),
+    "default": dict(seq_lens=[16, 64, 256], repeats=3, slow_max_seq_len=64, batch=[32], workload=["layer"]),
+    "full": dict(seq_lens=[16, 64, 256, 1024], repeats=7, slow_max_seq_len=1024, batch=[1, 8, 32],
+                 workload=["layer", "cell"]),
+}
 # `--grid` presets: the axes they set (a given --seq-lens wins over a preset's).
 GRID_AXES = ("batch", "hidden", "dtype")
 GRID_PRESETS = {
@@ -22,6 +42,7 @@ GRID_PRESETS = {
             "seq_lens": [64, 256, 1024, 4096]},
 }
 _DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
+_PREFIX = "fastlstm profile"
 
 
 def _positive_ints(text: str, sep: str = ",") -> List[int]:
@@ -31,11 +52,34 @@ def _positive_ints(text: str, sep: str = ",") -> List[int]:
     return values
 
 
-def _int_list(text: str) -> List[int]:
-    try:
-        return _positive_ints(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seq-lens: expected a comma list of positive integers, got {text!r}")
+def _int_list() -> Callable:
+    def parse(text: str) -> List[int]:
+        try:
+            return _positive_ints(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, got {text!r}")
+    return parse
+
+
+def _count(minimum: int = 1) -> Callable:
+    """An argparse type: an integer of at least `minimum` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+def _workloads(text: str) -> List[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names or any(n not in WORKLOADS for n in names):
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(WORKLOADS)}, got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def _grid(text: str) -> Dict[str, list]:
@@ -58,7 +102,7 @@ def _grid(text: str) -> Dict[str, list]:
                 grid[axis] = _positive_ints(values, "/")
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"--grid: expected a comma list of presets ({', '.join(GRID_PRESETS)}) and AXIS=V1/V2/... "
+                f"expected a comma list of presets ({', '.join(GRID_PRESETS)}) and AXIS=V1/V2/... "
                 f"with AXIS one of {', '.join(GRID_AXES)}, got {text!r} (bad item {item!r})")
     return grid
 
@@ -68,7 +112,7 @@ def _name_list(text: str) -> List[str]:
     bad = [n for n in names if n not in KNOWN_BACKENDS]
     if not names or bad:
         raise argparse.ArgumentTypeError(
-            f"--backends: expected a comma list of {', '.join(KNOWN_BACKENDS)}, got {text!r}")
+            f"expected a comma list of {', '.join(KNOWN_BACKENDS)}, got {text!r}")
     return names
 
 
@@ -79,26 +123,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         >>> sub = argparse.ArgumentParser().add_subparsers()
         >>> _ = add_parser(sub)
     """
+    d, q, f = PRESETS["default"], PRESETS["quick"], PRESETS["full"]
+
+    def preset_help(key, fmt=lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)):
+        return f"default {fmt(d[key])}; --quick: {fmt(q[key])}; --full: {fmt(f[key])}"
+
     p = subparsers.add_parser(
         "profile",
         help="time fastlstm's backends against torch.nn.LSTM and baselines over sequence lengths",
         description=(
             "Sweep sequence lengths for fastlstm's backends and the baselines (torch.nn.LSTM, a "
             "tutorial-style loop, a scripted cell loop), interleaving them so ratios are fair on a "
-            "noisy machine. Each backend is checked against nn.LSTM before it is timed. Writes "
-            "profile.json, profile.csv and profile.png to --out; with --grid, the sweep repeats for "
-            "every batch x hidden x dtype (one PNG per shape), and --results writes one compact row per "
-            "fastlstm backend x shape x mode with its interleaved nn.LSTM baseline."
+            "noisy machine. Each backend is checked against a float64 nn.LSTM before it is timed. "
+            "Writes profile.json and profile.csv to --out as rows are measured (Ctrl-C keeps them), "
+            "and profile.png at the end. The default run takes about two minutes on two idle CPU "
+            "cores; --full measures more (see --help of each flag). With --grid, the sweep repeats for "
+            "every batch x hidden x dtype (one PNG per dtype x hidden), and --results writes one compact "
+            "row per fastlstm backend x shape x mode with its interleaved nn.LSTM baseline."
         ),
     )
-    p.add_argument("--batch", type=int, default=32, help="batch size B (default 32)")
-    p.add_argument("--input", type=int, default=None,
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a short run: under a minute on 2 idle CPU cores")
+    size.add_argument("--full", action="store_true",
+                      help="the full profile: T to 1024, 7 repeats, slow loops to T=1024, B in 1, 8, 32, layer "
+                           "and cell workloads (about an hour on 2 CPU cores)")
+    p.add_argument("--batch", type=_int_list(), default=None,
+                   help="comma list of batch sizes B, one sweep each (" + preset_help("batch") + ")")
+    p.add_argument("--workload", type=_workloads, default=None,
+                   help="comma list of layer (one nn.LSTM call on the sequence) and cell (an LSTMCell stepped "
+                        "over it in a Python loop, against nn.LSTMCell) (" + preset_help("workload") + ")")
+    p.add_argument("--input", type=_count(), default=None,
                    help=f"input size I (default {DEFAULT_INPUT}; with --grid: the hidden size)")
-    p.add_argument("--hidden", type=int, default=256, help="hidden size H (default 256)")
-    p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
-    p.add_argument("--seq-lens", type=_int_list, default=None,
-                   help=f"comma list of T (default {','.join(map(str, DEFAULT_SEQ_LENS))}; "
-                        f"--quick: {','.join(map(str, QUICK_SEQ_LENS))})")
+    p.add_argument("--hidden", type=_count(), default=DEFAULT_HIDDEN,
+                   help=f"hidden size H (default {DEFAULT_HIDDEN})")
+    p.add_argument("--layers", type=_count(), default=1, help="stacked layers (default 1)")
+    p.add_argument("--seq-lens", type=_int_list(), default=None,
+                   help="comma list of T (" + preset_help("seq_lens") + ")")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--mode", choices=["infer", "train", "both"], default="both",
@@ -106,14 +166,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backends", type=_name_list, default=None,
                    help="comma list of " + ", ".join(KNOWN_BACKENDS) +
                         " (default: fastlstm's fast backends for the device, and the baselines)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help=f"timed runs per backend and shape (default {DEFAULT_REPEATS}; --quick: {QUICK_REPEATS})")
-    p.add_argument("--slow-max-seq-len", type=int, default=None,
+    p.add_argument("--repeats", type=_count(), default=None,
+                   help="timed runs per backend and shape (" + preset_help("repeats") + ")")
+    p.add_argument("--slow-max-seq-len", type=_count(0), default=None,
                    help=f"longest T for the slow loops ({', '.join(SLOW_BACKENDS)}); 0: no cap "
-                        f"(default {DEFAULT_SLOW_MAX_SEQ_LEN}; --quick: {QUICK_SLOW_MAX_SEQ_LEN})")
-    p.add_argument("--quick", action="store_true", help="a short run (well under a minute on 2 CPU cores)")
+                        "(" + preset_help("slow_max_seq_len") + ")")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=_count(), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     preset = ", ".join(f"{name}: batch {'/'.join(map(str, g['batch']))}, hidden {'/'.join(map(str, g['hidden']))}, "
@@ -126,74 +185,126 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"come from --batch, --hidden, --dtype; the input size is the hidden size unless --input "
                         f"is given. Preset {preset} (its T only when --seq-lens is not given)")
     p.add_argument("--results", default=None, metavar="FILE",
-                   help="also write FILE, a JSON list with one row per fastlstm backend x shape x mode: "
-                        + ", ".join(RESULT_FIELDS) + " (device: GPU/CPU name; baseline: nn.LSTM's library, "
-                        "cudnn on CUDA, onednn on CPU, timed interleaved in the same run; speedup = "
-                        "baseline_ms / ms). Rows that failed the answer check are left out (the command then "
-                        "exits non-zero); rows of an existing FILE for other shapes or backends are kept")
+                   help="also write FILE, a JSON list with one row per fastlstm backend x shape x mode of the "
+                        "layer workload: " + ", ".join(RESULT_FIELDS) + " (device: GPU/CPU name; baseline: "
+                        "nn.LSTM's library, cudnn on CUDA, onednn on CPU, timed interleaved in the same run; "
+                        "speedup = baseline_ms / ms). Rows that failed the answer check are left out (the command "
+                        "then exits non-zero); rows of an existing FILE for other shapes or backends are kept")
     p.set_defaults(func=_run_cli)
     return p
 
 
+def _fail(message: str) -> SystemExit:
+    """A one-line error on stderr and exit status 2."""
+    import sys
+
+    print(f"{_PREFIX}: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def _settings(args) -> dict:
+    """The run's settings: flags first, then --grid, then the size's preset."""
+    name = "full" if args.full else "quick" if args.quick else "default"
+    preset, grid = PRESETS[name], args.grid or {}
+    slow = args.slow_max_seq_len if args.slow_max_seq_len is not None else preset["slow_max_seq_len"]
+    return dict(
+        size=name,
+        seq_lens=args.seq_lens or grid.get("seq_lens") or list(preset["seq_lens"]),
+        repeats=args.repeats or preset["repeats"],
+        slow_max_seq_len=slow,
+        batches=grid.get("batch") or args.batch or list(preset["batch"]),
+        workloads=args.workload or list(preset["workload"]),
+        dtypes=grid.get("dtype", [args.dtype]),
+        hiddens=grid.get("hidden", [args.hidden]),
+        modes=["infer", "train"] if args.mode == "both" else [args.mode],
+    )
+
+
+def _check_backends(asked: List[str], workloads: List[str], layers: int, device: torch.device) -> None:
+    """Refuse a request whose every backend (other than nn.LSTM, always timed) cannot run."""
+    wanted = [n for n in asked if n != "torch"]
+    if not wanted:
+        return
+    ref = nn.LSTM(1, 1, num_layers=layers, device="meta")
+    reasons = {}
+    for name in wanted:
+        why = [workload_unavailable_reason(w, name, ref, device) for w in workloads]
+        if all(why):
+            reasons[name] = why[0]
+        else:
+            return
+    raise _fail("none of the backends asked for can run here: "
+                + "; ".join(f"{name}: {why}" for name, why in reasons.items()))
+
+
 def _run_cli(args) -> int:
-    grid = args.grid or {}
-    seq_lens = args.seq_lens or grid.get("seq_lens") or list(QUICK_SEQ_LENS if args.quick else DEFAULT_SEQ_LENS)
-    repeats = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
-    slow_cap = args.slow_max_seq_len
-    if slow_cap is None:
-        slow_cap = QUICK_SLOW_MAX_SEQ_LEN if args.quick else DEFAULT_SLOW_MAX_SEQ_LEN
-    modes = ["infer", "train"] if args.mode == "both" else [args.mode]
-    for flag, value in (("--batch", args.batch), ("--input", args.input), ("--hidden", args.hidden),
-                        ("--layers", args.layers), ("--repeats", repeats)):
-        if value is not None and value <= 0:
-            raise SystemExit(f"fastlstm profile: {flag} must be a positive integer, got {value}")
+    st = _settings(args)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise _fail(f"--{e}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    backends = args.backends or default_backends(device)
-    if "torch" not in backends:
-        backends = backends + ["torch"]
-    os.makedirs(args.out, exist_ok=True)
-    # One shape per (dtype, batch, hidden); without --grid, just the one given.
-    shapes = [(dtype, batch, hidden) for dtype in grid.get("dtype", [args.dtype])
-              for batch in grid.get("batch", [args.batch]) for hidden in grid.get("hidden", [args.hidden])]
+    if "cell" in st["workloads"] and args.layers != 1:
+        raise _fail(f"--workload cell steps one LSTMCell; --layers must be 1, got {args.layers}")
+    asked = args.backends or default_backends(device)
+    _check_backends(asked, st["workloads"], args.layers, device)
+    names = asked + ([] if "torch" in asked else ["torch"])
+    try:
+        files = ProfileFiles(args.out)
+    except OSError as e:
+        raise _fail(f"--out {args.out}: cannot write there ({e.strerror or e})")
+    can_plot = importlib.util.find_spec("matplotlib") is not None
+    memory_on_cpu = not args.no_memory and device.type == "cpu"
+    threads = torch.get_num_threads()
 
-    load = _load_average()
-    if device.type == "cpu" and torch.get_num_threads() > 1 and load is not None and load >= 1.0:
-        # With another process running (1-min load of 1 or more), an OpenMP thread that loses its core stalls the
-        # others at each barrier: times inflate many-fold, and unevenly.
-        print(f"warning: the CPU is busy (load average {load:.2f}); with {torch.get_num_threads()} torch "
-              f"threads on {os.cpu_count()} cores times may be inflated many-fold; try --threads 1")
-    rows: List[dict] = []
-    pngs: Optional[List[str]] = []  # None once matplotlib turns out to be missing
-    for i, (dtype, batch, hidden) in enumerate(shapes, 1):
-        input_size = args.input or (hidden if args.grid else DEFAULT_INPUT)
-        kwargs = dict(batch=batch, input_size=input_size, hidden_size=hidden, layers=args.layers,
-                      seq_lens=seq_lens, dtype=DTYPES[dtype], device=str(device), modes=modes,
-                      backends=backends, repeats=repeats, slow_max_seq_len=slow_cap or None,
-                      memory=not args.no_memory, seed=args.seed)
-        print(f"fastlstm profile: B={batch} I={input_size} H={hidden} L={args.layers} {dtype} "
-              f"on {device} ({device_name(device)}, {torch.get_num_threads()} threads); T in {seq_lens}; "
-              f"{', '.join(modes)}; backends {', '.join(backends)}; {repeats} interleaved repeats"
-              + (f" [shape {i} of {len(shapes)}]" if len(shapes) > 1 else ""))
-        total = count_work(len(modes), len(seq_lens), len(backends), repeats,
-                           memory_on_cpu=not args.no_memory and device.type == "cpu")
-        shape_rows = _run_with_progress(kwargs, total)
-        print_report(shape_rows)
-        rows += shape_rows
-        name = "profile.png" if len(shapes) == 1 else f"profile-{dtype}-B{batch}-H{hidden}.png"
-        if pngs is not None:
-            try:
-                pngs.append(plot(shape_rows, os.path.join(args.out, name)))
-            except ImportError:
-                pngs = None
+    # One sweep per (dtype, hidden, workload, batch); one plot per (dtype, hidden).
+    groups = [(dtype, hidden) for dtype in st["dtypes"] for hidden in st["hiddens"]]
+    shapes = [(dtype, hidden, workload, batch) for dtype, hidden in groups
+              for workload in st["workloads"] for batch in st["batches"]]
+    total_rows = sum(len(st["modes"]) * len(st["seq_lens"]) * len(backends_for(w, names)) for _, _, w, _ in shapes)
+    total_work = sum(count_work(st["modes"], st["seq_lens"], b, len(backends_for(w, names)), st["repeats"],
+                                memory_on_cpu) for _, _, w, b in shapes)
+    load_now = LoadMonitor().sample()
+    print(f"{_PREFIX} ({st['size']}): {', '.join(st['workloads'])} workload; B in {st['batches']}; "
+          f"H in {st['hiddens']}; {', '.join(st['dtypes'])}; L={args.layers}; on {device} ({device_name(device)}, "
+          f"{threads} threads); T in {st['seq_lens']}; {', '.join(st['modes'])}; backends {', '.join(names)}; "
+          f"{st['repeats']} interleaved repeats; slow loops up to T={st['slow_max_seq_len'] or 'any'}; "
+          f"{total_rows} rows; writing to {args.out}/", flush=True)
+    if device.type == "cpu" and threads > 1 and load_now is not None and load_now >= 1.0:
+        print(f"warning: the CPU is busy (load average {load_now:.2f}); with {threads} torch threads on "
+              f"{os.cpu_count()} cores times may be inflated many-fold; try --threads 1", flush=True)
+    if not can_plot:
+        print("matplotlib is not installed: no profile.png (pip install 'fastlstm[profile]')", flush=True)
 
-    paths = [write_json(rows, os.path.join(args.out, "profile.json")),
-             write_csv(rows, os.path.join(args.out, "profile.csv"))]
-    if pngs is not None:
-        paths += pngs if len(pngs) <= 3 else [os.path.join(args.out, "profile-*.png")]
-    else:
-        print("matplotlib is not installed: no plot (pip install 'fastlstm[profile]')")
+    pngs: List[str] = []
+    interrupted = False
+    with LoadMonitor() as load:
+        try:
+            with ProgressLine(total_rows, total_work) as bar:
+                for i, (dtype, hidden) in enumerate(groups):
+                    group_rows: List[dict] = []
+                    for _, _, workload, batch in [s for s in shapes if s[:2] == (dtype, hidden)]:
+                        input_size = args.input or (hidden if args.grid else DEFAULT_INPUT)
+                        rows = run_profile(
+                            batch=batch, input_size=input_size, hidden_size=hidden, layers=args.layers,
+                            seq_lens=st["seq_lens"], dtype=DTYPES[dtype], device=str(device), modes=st["modes"],
+                            backends=names, repeats=st["repeats"], slow_max_seq_len=st["slow_max_seq_len"] or None,
+                            memory=not args.no_memory, seed=args.seed, workload=workload, on_rows=files.add,
+                            progress=bar.update, load=load)
+                        print_report(rows)
+                        group_rows += rows
+                    if can_plot:
+                        name = "profile.png" if len(groups) == 1 else f"profile-{dtype}-H{hidden}.png"
+                        pngs.append(plot(group_rows, os.path.join(args.out, name)))
+        except KeyboardInterrupt:
+            interrupted = True
+        run_max = load.run_max
+    rows = files.rows
+    if interrupted:
+        return _interrupted(files, can_plot, groups, args.out)
+
+    paths = [files.json_path, files.csv_path] + (pngs if len(pngs) <= 3 else [os.path.join(args.out, "profile-*.png")])
     bad = [r for r in rows if r["status"] in ("failed", "error")]
     written = None
     if args.results:
@@ -201,27 +312,44 @@ def _run_cli(args) -> int:
         paths.append(f"{args.results} ({written} rows)")
     print("Peak memory: growth during one call over what was in use before it "
           + ("(torch.cuda.max_memory_allocated)." if device.type == "cuda" else
-             "(peak resident set of a fresh subprocess, glibc returning freed memory; see fastlstm.profile.memory)."))
+             "(peak resident set of a subprocess, glibc returning freed memory; see fastlstm/profile/memory.py)."))
     print("Times are medians of interleaved runs; on a shared machine read the ratios, not the absolutes.")
     print("Wrote " + ", ".join(paths))
+    if run_max is not None:
+        if busy(run_max, threads):
+            print(f"The machine was busy: the load average reached {run_max:.2f} with {threads} torch threads on "
+                  f"{os.cpu_count()} cores, so other processes ran too; times may be inflated (each row records "
+                  "load_avg_1m_max); rerun on an idle machine, or with --threads 1.")
+        else:
+            print(f"Load average at most {run_max:.2f} during the run ({threads} torch threads, {os.cpu_count()} cores).")
+    if st["size"] != "full":
+        print(f"This was the {st['size']} profile. The full one (about an hour on 2 CPU cores): fastlstm profile "
+              "--full, i.e. --seq-lens 16,64,256,1024 --repeats 7 --slow-max-seq-len 1024 --batch 1,8,32 "
+              "--workload layer,cell; each flag can also be given alone.")
     if bad:
         print(f"{len(bad)} row(s) failed or raised (left out of --results): " + "; ".join(
-            f"{r['backend']} {r['mode']} {r['dtype']} B={r['batch']} H={r['hidden']} T={r['seq_len']}: {r['note']}"
-            for r in bad[:10]) + (" ..." if len(bad) > 10 else ""))
+            f"{r['workload']} {r['backend']} {r['mode']} {r['dtype']} B={r['batch']} H={r['hidden']} "
+            f"T={r['seq_len']}: {r['note']}" for r in bad[:10]) + (" ..." if len(bad) > 10 else ""))
     if written == 0:
         print(f"--results: no fastlstm backend passed, so {args.results} got no rows")
+    idle = [n for n in asked if n != "torch" and not any(r["backend"] == n and r["status"] == "ok" for r in rows)]
+    if idle and len(idle) == len([n for n in asked if n != "torch"]):
+        print(f"{_PREFIX}: error: no backend asked for was timed ({', '.join(idle)}): every row was skipped or failed")
+        return 1
     return 1 if bad or written == 0 else 0
 
 
-def _run_with_progress(kwargs: dict, total: int) -> List[dict]:
-    """`run_profile(**kwargs)` under a rich progress bar (plain when rich is missing)."""
-    try:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    except ImportError:
-        return run_profile(**kwargs)
-    with Progress(TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn()) as bar:
-        task = bar.add_task("profiling", total=total)
-        rows = run_profile(**kwargs, progress=lambda what, n: bar.update(task, advance=n, description=what))
-        bar.update(task, completed=total, description="done")
-    return rows
+def _interrupted(files: ProfileFiles, can_plot: bool, groups, out: str) -> int:
+    """Ctrl-C: the rows measured are already in the files; add a plot of them, say where, exit 130."""
+    written = [files.json_path, files.csv_path]
+    if can_plot and files.rows:
+        try:
+            for dtype, hidden in groups:
+                rows = [r for r in files.rows if r["dtype"] == dtype and r["hidden"] == hidden]
+                if rows:
+                    name = "profile.png" if len(groups) == 1 else f"profile-{dtype}-H{hidden}.png"
+                    written.append(plot(rows, os.path.join(out, name)))
+        except KeyboardInterrupt:
+            pass
+    print(f"\nInterrupted: kept the {len(files.rows)} row(s) measured so far in {', '.join(written)}")
+    return 130

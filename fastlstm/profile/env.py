@@ -4,6 +4,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import threading
 from typing import Dict, Optional
 
 import torch
@@ -71,3 +72,62 @@ def environment(device: torch.device) -> Dict[str, object]:
         "git_commit": git_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+class LoadMonitor:
+    """Samples the 1-minute load average every `interval_s` seconds in a daemon thread,
+    keeping its maximum over the whole run and over the current window (one group of
+    rows): a run that starts on an idle machine can go on on a busy one.
+
+    Example:
+        >>> with LoadMonitor() as load:
+        ...     load.new_window()
+        ...     peak = load.window_max()
+    """
+
+    def __init__(self, interval_s: float = 2.0):
+        self.interval_s = interval_s
+        self.run_max: Optional[float] = None
+        self._window: Optional[float] = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def sample(self) -> Optional[float]:
+        load = _load_average()
+        if load is not None:
+            with self._lock:
+                self.run_max = load if self.run_max is None else max(self.run_max, load)
+                self._window = load if self._window is None else max(self._window, load)
+        return load
+
+    def new_window(self) -> Optional[float]:
+        """Start a new window; returns the load now."""
+        with self._lock:
+            self._window = None
+        return self.sample()
+
+    def window_max(self) -> Optional[float]:
+        self.sample()
+        return self._window
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> "LoadMonitor":
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="fastlstm-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+
+def busy(load: Optional[float], threads: int) -> bool:
+    """Was something else running? A load average of at least one more than our own
+    torch threads means another runnable process on average; with several threads
+    on shared cores, an OpenMP thread that loses its core stalls the others at each
+    barrier, and times inflate many-fold, unevenly."""
+    return load is not None and load >= threads + 1

@@ -15,10 +15,18 @@ _RESULT_KEY = RESULT_FIELDS[:8]
 
 
 def write_json(rows: List[dict], path: str) -> str:
-    """Write `rows` as a JSON list of objects (missing figures are null)."""
-    with open(path, "w") as f:
+    """Write `rows` as a JSON list of objects (missing figures are null). The file is
+    replaced whole (written beside it, then renamed), so a reader, or a run stopped
+    half-way, never sees half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(rows, f, indent=1)
+    os.replace(tmp, path)
     return path
+
+
+def _csv_cells(row: dict) -> dict:
+    return {k: ("" if row.get(k) is None else row[k]) for k in FIELDS}
 
 
 def write_csv(rows: List[dict], path: str) -> str:
@@ -26,9 +34,36 @@ def write_csv(rows: List[dict], path: str) -> str:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(FIELDS), extrasaction="ignore")
         w.writeheader()
-        for row in rows:
-            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in FIELDS})
+        w.writerows(_csv_cells(row) for row in rows)
     return path
+
+
+class ProfileFiles:
+    """profile.json and profile.csv in `out`, kept up to date as rows are measured:
+    `add(rows)` appends them to the CSV and rewrites the JSON, so a run that is
+    stopped keeps every row measured so far. Creating it creates `out` and both
+    files (empty), so a bad `out` fails before anything is measured (OSError).
+
+    Example:
+        >>> import tempfile
+        >>> files = ProfileFiles(tempfile.mkdtemp())
+        >>> files.add([{"backend": "torch"}]); len(files.rows)
+        1
+    """
+
+    def __init__(self, out: str):
+        os.makedirs(out, exist_ok=True)
+        self.json_path = os.path.join(out, "profile.json")
+        self.csv_path = os.path.join(out, "profile.csv")
+        self.rows: List[dict] = []
+        write_csv([], self.csv_path)
+        write_json([], self.json_path)
+
+    def add(self, rows: List[dict]) -> None:
+        self.rows += rows
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=list(FIELDS), extrasaction="ignore").writerows(map(_csv_cells, rows))
+        write_json(self.rows, self.json_path)
 
 
 def baseline_name(device: torch.device) -> str:
@@ -41,7 +76,7 @@ def baseline_name(device: torch.device) -> str:
 
 
 def result_rows(rows: List[dict], baseline: str) -> List[dict]:
-    """One row (RESULT_FIELDS) per fastlstm backend's profile row, paired with the
+    """One row (RESULT_FIELDS) per fastlstm backend's "layer" profile row, paired with the
     "torch" row timed interleaved with it (same shape, mode and T). `ms`,
     `baseline_ms` and `speedup` (baseline_ms / ms) are None unless both passed.
 
@@ -54,6 +89,7 @@ def result_rows(rows: List[dict], baseline: str) -> List[dict]:
     def pair(r):
         return tuple(r[k] for k in ("device", "mode", "seq_len", "batch", "input", "hidden", "layers", "dtype"))
 
+    rows = [r for r in rows if r.get("workload", "layer") == "layer"]
     base = {pair(r): r["ms"] for r in rows if r["backend"] == "torch" and r["status"] == "ok"}
     out = []
     for r in rows:

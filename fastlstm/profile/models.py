@@ -26,7 +26,6 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-_DTYPE_SHORT = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 def _flashrnn_importable() -> bool:
@@ -127,16 +126,24 @@ def build_model(name: str, lstm: nn.LSTM) -> nn.Module:
     raise ValueError(f"build_model: unknown backend {name!r}; expected one of {', '.join(KNOWN_BACKENDS)}")
 
 
-def _make_lstm(input_size: int, hidden_size: int, layers: int, dtype, device, seed: int) -> nn.LSTM:
-    torch.manual_seed(seed)
-    return nn.LSTM(input_size, hidden_size, num_layers=layers).to(device=device, dtype=dtype)
-
-
 def resolve_device(device: str) -> torch.device:
-    """"auto" is CUDA when a GPU is there, else the CPU."""
+    """"auto" is CUDA when a GPU is there, else the CPU. Raises ValueError, with a
+    one-line message, for a device that is not known or not here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {device!r}: unknown device; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device here (torch {torch.__version__}, "
+                             "torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {device!r}: fastlstm profiles run on cpu and cuda only")
+    return dev
 
 
 def default_backends(device: torch.device) -> List[str]:

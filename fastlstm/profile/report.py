@@ -1,6 +1,7 @@
 """The tables printed at the end of a profile (rich when installed, else plain text)."""
 from typing import Dict, List, Optional
 
+
 def _fmt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
@@ -8,15 +9,32 @@ def _fmt(value, spec: str) -> str:
 def _fmt_bytes(n: Optional[int]) -> str:
     if n is None:
         return ""
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    # Binary units: the figures are counted in bytes and divided by 1024.
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return ""
 
 
+def shape_title(rows: List[dict]) -> str:
+    """What the rows measured, in a line: workload, B, I, H, L, dtype, device and threads."""
+    if not rows:
+        return ""
+    r = rows[0]
+    batches = "/".join(str(b) for b in dict.fromkeys(x["batch"] for x in rows))
+    workloads = "/".join(dict.fromkeys(x.get("workload") or "layer" for x in rows))
+    return (f"{workloads}: B={batches} I={r['input']} H={r['hidden']} L={r['layers']} {r['dtype']} "
+            f"on {r['device_name']} ({r['threads']} threads)")
+
+
+def _torch_name(rows: List[dict]) -> str:
+    return "nn.LSTMCell" if rows and all(r.get("workload") == "cell" for r in rows) else "nn.LSTM"
+
+
 def print_report(rows: List[dict], console=None) -> None:
-    """Print the results table and the ms-per-step-against-T table (rich, or plain text)."""
+    """Print the results table and the ms-per-step-against-T table (rich, or plain text)
+    of one shape's rows."""
     try:
         from rich.console import Console
         from rich.table import Table
@@ -27,9 +45,9 @@ def print_report(rows: List[dict], console=None) -> None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=160)
-    table = Table(title="fastlstm profile (median of interleaved runs)", show_lines=False)
+    table = Table(title=f"fastlstm profile, {shape_title(rows)} (median of interleaved runs)", show_lines=False)
     for col, just in (("mode", "left"), ("T", "right"), ("backend", "left"), ("ms", "right"),
-                      ("ms/step", "right"), ("tokens/s", "right"), ("vs nn.LSTM", "right"),
+                      ("ms/step", "right"), ("tokens/s", "right"), (f"vs {_torch_name(rows)}", "right"),
                       ("peak mem", "right"), ("status", "left")):
         table.add_column(col, justify=just)
     last = None
@@ -82,6 +100,7 @@ def _growth_table(rows: List[dict], Table):
 
 
 def _print_plain(rows: List[dict]) -> None:
+    print(f"fastlstm profile, {shape_title(rows)} (median of interleaved runs)")
     print(f"{'mode':6} {'T':>6} {'backend':10} {'ms':>10} {'ms/step':>9} {'tokens/s':>12} "
           f"{'vs torch':>9} {'peak mem':>10}  status")
     for r in rows:
