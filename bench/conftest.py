@@ -23,6 +23,9 @@ which have no `shape` parameter.)
 - smoke (`--bench-smoke`, or FASTLSTM_BENCH_SMOKE=1): tiny shapes over every
   backend, so that the suite collects and runs in seconds; with timing on
   (`--benchmark-only`), one short round per benchmark.
+test_bench_cell.py times an LSTMCell stepped over T=64 from Python (the `cell_shape`
+parameter: B in 1, 8, 32; smoke: tiny), fastlstm.LSTMCell ("jit"; "reference"
+and "triton" in large and smoke runs) against torch.nn.LSTMCell ("torch").
 test_bench_floor.py times the GEMMs of a layer alone on the float32 CPU shapes of
 the same grid (the `floor_shape` parameter; no backend axis): see its docstring.
 `--bench-backends=a,b` restricts the backends. Unavailable backends (Triton and
@@ -37,11 +40,15 @@ import pytest
 import torch
 
 from fastlstm import profile
+from fastlstm.profile import workloads
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 DEFAULT_BACKENDS = ("torch", "jit", "tutorial")
-ALL_BACKENDS = ("torch", "jit", "triton", "tutorial", "scripted", "flashrnn")
+ALL_BACKENDS = ("torch", "jit", "triton", "tutorial", "scripted", "flashrnn", "reference")
+# The cell loop (test_bench_cell.py): torch.nn.LSTMCell and fastlstm.LSTMCell's backends.
+DEFAULT_CELL_BACKENDS = ("torch", "jit")
+CELL_BACKENDS = ("torch", "jit", "reference", "triton")
 _DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64}
 MODES = ("infer", "train")
 
@@ -58,10 +65,12 @@ class Shape:
     device: str = "cpu"
     mode: str = "infer"
     large: bool = False
+    workload: str = "layer"  # or "cell": an LSTMCell stepped over T in Python (test_bench_cell.py)
 
     @property
     def id(self) -> str:
-        prefix = "" if self.device == "cpu" else f"{self.device}-"
+        prefix = ("" if self.workload == "layer" else f"{self.workload}-") + \
+            ("" if self.device == "cpu" else f"{self.device}-")
         return f"{prefix}T{self.T}-B{self.B}-I{self.I}-H{self.H}-{self.dtype}-{self.mode}"
 
     @property
@@ -101,6 +110,12 @@ _MISSING_PLUGIN = ("bench/ needs pytest-benchmark, which is not installed for th
                    "pip install 'fastlstm[test]' (or pip install pytest-benchmark)")
 
 
+def _cell_grid(smoke: bool) -> List[Shape]:
+    if smoke:
+        return [Shape(3, 2, 3, 5, mode=m, workload="cell") for m in MODES]
+    return [Shape(64, B, 128, 256, mode=m, workload="cell") for m in MODES for B in (1, 8, 32)]
+
+
 def pytest_addoption(parser, pluginmanager):
     if not pluginmanager.has_plugin("benchmark"):
         for flag in _PLUGIN_FLAGS:
@@ -138,10 +153,12 @@ def _selected(config) -> Dict[str, object]:
     smoke = config.getoption("--bench-smoke")
     if smoke:
         shapes = _smoke_grid(large)
-        backends = ALL_BACKENDS
+        backends = tuple(b for b in ALL_BACKENDS if b != "reference")
+        cell_backends = CELL_BACKENDS
     else:
         shapes = _default_grid() + (_large_grid() if large else [])
-        backends = ALL_BACKENDS if large else DEFAULT_BACKENDS
+        backends = tuple(b for b in ALL_BACKENDS if b != "reference") if large else DEFAULT_BACKENDS
+        cell_backends = CELL_BACKENDS if large else DEFAULT_CELL_BACKENDS
     wanted = config.getoption("--bench-backends")
     if wanted:
         names = [n.strip() for n in wanted.split(",") if n.strip()]
@@ -149,7 +166,9 @@ def _selected(config) -> Dict[str, object]:
         if bad:
             raise pytest.UsageError(f"--bench-backends: unknown {', '.join(bad)}; expected {', '.join(ALL_BACKENDS)}")
         backends = tuple(names)
-    return {"shapes": {s.id: s for s in shapes}, "backends": backends}
+        cell_backends = tuple(n for n in names if n in CELL_BACKENDS)
+    return {"shapes": {s.id: s for s in shapes}, "backends": backends,
+            "cell_shapes": _cell_grid(smoke), "cell_backends": cell_backends}
 
 
 def pytest_generate_tests(metafunc):
@@ -159,6 +178,11 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("floor_shape", [
             pytest.param(s, id=s.id, marks=[pytest.mark.large] if s.large else []) for s in shapes
         ])
+    if "cell_shape" in metafunc.fixturenames:
+        # The cell loop (test_bench_cell.py): its own shapes and the backends with an LSTMCell.
+        sel = _selected(metafunc.config)
+        metafunc.parametrize("cell_shape", [pytest.param(s, id=s.id) for s in sel["cell_shapes"]])
+        metafunc.parametrize("backend", sel["cell_backends"])
     if "shape" not in metafunc.fixturenames:
         return
     sel = _selected(metafunc.config)
@@ -204,5 +228,21 @@ def shape_data():
             x, grad_out = profile.make_inputs(spec.T, spec.B, lstm, spec.mode)
             want = profile.reference_result(lstm, x, spec.mode, grad_out)
             cache[spec.id] = (lstm, x, grad_out, want)
+        return cache[spec.id]
+    return get
+
+
+@pytest.fixture(scope="session")
+def cell_data():
+    """Per cell shape: the nn.LSTMCell, inputs and float64 reference (latest shape only)."""
+    cache = {}
+
+    def get(spec: Shape):
+        if spec.id not in cache:
+            cache.clear()
+            cell = workloads.make_reference_module("cell", spec.I, spec.H, 1, spec.torch_dtype,
+                                                   torch.device(spec.device), seed=0)
+            x, grad_out = profile.make_inputs(spec.T, spec.B, cell, spec.mode)
+            cache[spec.id] = (cell, x, grad_out, profile.reference_result(cell, x, spec.mode, grad_out))
         return cache[spec.id]
     return get

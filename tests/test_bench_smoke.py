@@ -35,7 +35,11 @@ def test_make_bench_command_runs_in_smoke_mode():
     # fastlstm's CPU backend and the baselines run for real on any machine; only
     # hardware-bound backends (Triton, FlashRNN off CUDA) may be skipped.
     for name in ("torch", "jit", "tutorial", "scripted"):
-        assert re.search(rf"-{name}\] PASSED", output), f"{name} did not pass in smoke mode:\n{output}"
+        assert re.search(rf"test_lstm\[.*-{name}\] PASSED", output), f"{name} did not pass in smoke mode:\n{output}"
+    for name in ("torch", "jit", "reference"):
+        for mode in ("infer", "train"):
+            assert re.search(rf"test_cell_loop\[cell-.*-{mode}-{name}\] PASSED", output), \
+                f"the cell loop ({name}, {mode}) did not pass in smoke mode:\n{output}"
     assert re.search(r"test_gemm_floor\[.*\] PASSED", output), f"the GEMM floor did not pass:\n{output}"
     # One table per shape, the floor beside the backends.
     table = re.search(r"benchmark 'T8-B2-I3-H5-f32-train': (\d+) tests", output)
