@@ -2,8 +2,8 @@
 
 Three sizes of run, each flag given on the command line winning over them:
 - the default: fastlstm's backends for the device against nn.LSTM and the two
-  baselines, B=32, T in 16, 64, 256, 3 interleaved repeats, the slow loops up to
-  T=64, the layer workload (about two minutes on two idle CPU cores);
+  baselines, B=32, T in 16, 64, 256, 1024, 5 interleaved repeats, the slow loops
+  up to T=64, the layer workload (about two minutes on two idle CPU cores);
 - `--quick`: T in 16, 64, 2 repeats, the slow loops at T=16 only;
 - `--full`: T to 1024, 7 repeats, the slow loops to T=1024, B in 1, 8, 32 and
   both workloads (layer and cell).
@@ -31,7 +31,7 @@ DEFAULT_HIDDEN = 256
 # What each size of run measures unless a flag says otherwise.
 PRESETS = {
     "quick": dict(seq_lens=[16, 64], repeats=2, slow_max_seq_len=16, batch=[32], workload=["layer"]),
-    "default": dict(seq_lens=[16, 64, 256], repeats=3, slow_max_seq_len=64, batch=[32], workload=["layer"]),
+    "default": dict(seq_lens=[16, 64, 256, 1024], repeats=5, slow_max_seq_len=64, batch=[32], workload=["layer"]),
     "full": dict(seq_lens=[16, 64, 256, 1024], repeats=7, slow_max_seq_len=1024, batch=[1, 8, 32],
                  workload=["layer", "cell"]),
 }
@@ -146,7 +146,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true", help="a short run: under a minute on 2 idle CPU cores")
     size.add_argument("--full", action="store_true",
                       help="the full profile: T to 1024, 7 repeats, slow loops to T=1024, B in 1, 8, 32, layer "
-                           "and cell workloads (about an hour on 2 CPU cores)")
+                           "and cell workloads (many times the default's two minutes)")
     p.add_argument("--batch", type=_int_list(), default=None,
                    help="comma list of batch sizes B, one sweep each (" + preset_help("batch") + ")")
     p.add_argument("--workload", type=_workloads, default=None,
@@ -323,7 +323,7 @@ def _run_cli(args) -> int:
         else:
             print(f"Load average at most {run_max:.2f} during the run ({threads} torch threads, {os.cpu_count()} cores).")
     if st["size"] != "full":
-        print(f"This was the {st['size']} profile. The full one (about an hour on 2 CPU cores): fastlstm profile "
+        print(f"This was the {st['size']} profile. The full one (many times longer): fastlstm profile "
               "--full, i.e. --seq-lens 16,64,256,1024 --repeats 7 --slow-max-seq-len 1024 --batch 1,8,32 "
               "--workload layer,cell; each flag can also be given alone.")
     if bad:

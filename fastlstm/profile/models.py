@@ -142,7 +142,7 @@ def resolve_device(device: str) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
-        raise ValueError(f"device {device!r}: fastlstm profiles run on cpu and cuda only")
+        raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
     return dev
 
 
