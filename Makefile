@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.fastlstm-installed
+# pyproject.toml's requires-python (tests/test_setup.py keeps the two equal).
+MIN_PYTHON := 3.11
 
 # `make bench` runs $(PY) $(BENCH_ARGS); tests/test_bench_smoke.py runs the same line
 # (read through `make -s bench-args`) in smoke mode. Group by `group`, which every
@@ -18,6 +20,8 @@ BENCH_ARGS := -m pytest bench --benchmark-only --benchmark-group-by=group
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(MIN_PYTHON)".split("."))))' || \
+		{ echo "fastlstm needs Python $(MIN_PYTHON) or newer (the pinned torch and numpy need it); $(PYTHON) is $$($(PYTHON) -V 2>&1): run make PYTHON=python3.11 (or newer)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
