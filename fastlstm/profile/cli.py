@@ -315,13 +315,14 @@ def _run_cli(args) -> int:
              "(peak resident set of a subprocess, glibc returning freed memory; see fastlstm/profile/memory.py)."))
     print("Times are medians of interleaved runs; on a shared machine read the ratios, not the absolutes.")
     print("Wrote " + ", ".join(paths))
-    if run_max is not None:
-        if busy(run_max, threads):
-            print(f"The machine was busy: the load average reached {run_max:.2f} with {threads} torch threads on "
-                  f"{os.cpu_count()} cores, so other processes ran too; times may be inflated (each row records "
-                  "load_avg_1m_max); rerun on an idle machine, or with --threads 1.")
-        else:
-            print(f"Load average at most {run_max:.2f} during the run ({threads} torch threads, {os.cpu_count()} cores).")
+    busy_at_start = device.type == "cpu" and load_now is not None and load_now >= 1.0
+    if busy_at_start or busy(run_max, threads):
+        print(f"The machine was busy: load average {load_now:.2f} before the run (its own processes not yet "
+              f"running) and at most {run_max:.2f} during it, with {threads} torch threads on {os.cpu_count()} "
+              "cores; times may be inflated (rows record load_avg_1m and load_avg_1m_max); rerun on an idle "
+              "machine, or with --threads 1.")
+    elif run_max is not None:
+        print(f"Load average at most {run_max:.2f} during the run ({threads} torch threads, {os.cpu_count()} cores).")
     if st["size"] != "full":
         print(f"This was the {st['size']} profile. The full one (many times longer): fastlstm profile "
               "--full, i.e. --seq-lens 16,64,256,1024 --repeats 7 --slow-max-seq-len 1024 --batch 1,8,32 "
