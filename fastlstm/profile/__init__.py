@@ -1,11 +1,14 @@
 """`fastlstm profile`: time every backend against torch.nn.LSTM over sequence lengths.
 
-For one shape (batch B, input I, hidden H, layers L, dtype, device) and each
-sequence length T, every backend runs inference (forward under no_grad) and/or
-training (forward + backward with a random output gradient). Before a backend
-is timed at a shape, its output (and in training its input gradient) is
-compared with a float64 torch.nn.LSTM holding the same weights; a backend that
-disagrees is marked "failed" and gets no figures.
+For one shape (batch B, input I, hidden H, layers L, dtype, device), workload
+("layer": one call on the sequence; "cell": an LSTMCell stepped over it in
+Python) and each sequence length T, every backend runs inference (forward
+under no_grad) and/or training (forward + backward with a random output
+gradient). Before a backend is timed at a shape, its output (and in training
+its input gradient) is compared with a float64 torch.nn.LSTM (nn.LSTMCell)
+holding the same weights; a backend that disagrees is marked "failed" and gets
+no figures. Rows are handed on (and written by the command line) as each
+(mode, T) is measured.
 
 Timing is interleaved: each repetition runs every backend once, in an order
 rotated from one repetition to the next, and the median is reported. On a
@@ -14,16 +17,9 @@ absolute times drift. Short calls are repeated inside one sample so a sample
 lasts at least ~20 ms.
 
 Peak memory is the growth of memory in use during one call, over what was in
-use before it (the model, inputs and output gradient are not counted):
-- CUDA: `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`,
-  minus `memory_allocated()` before the call (tensors from torch's allocator).
-- CPU (Linux): one call per configuration, after a warm-up call, in a fresh
-  subprocess; the process's peak resident set (VmHWM, reset through
-  /proc/self/clear_refs) minus its resident set before the call. glibc is told
-  to serve blocks of 64 kB and more with mmap and to trim freed memory, so
-  freed memory returns to the OS and the peak follows live allocations. This
-  counts everything the call touches, oneDNN scratch space included, at page
-  granularity. Elsewhere the column is empty.
+use before it (the model, inputs and output gradient are not counted): CUDA's
+allocator peak on a GPU, the peak resident set of a subprocess on a Linux CPU
+(see `memory.py`).
 
 A grid (`--grid`) repeats the sweep for every batch x hidden x dtype, one
 shape after another; `--results FILE` then writes one compact row per fastlstm
@@ -45,13 +41,15 @@ Where each piece lives:
 - `cli.py`: the command line (`fastlstm profile`).
 - `run.py`: the sweep (`run_profile`) and the row fields.
 - `models.py`: backend names, when a backend can run, the module for each.
-- `workloads.py`: inputs, one timed call (infer or train) and its float64 reference.
+- `workloads.py`: the layer and cell workloads: inputs, one timed call (infer or
+  train) and its float64 reference.
 - `check.py`: the answer check against that reference.
 - `timing.py`: warm-up and interleaved timing.
 - `memory.py`: peak memory of one call (CUDA allocator, or a CPU subprocess).
 - `env.py`: device, versions, threads, load, commit and time.
 - `files.py`: profile.json, profile.csv and `--results`.
 - `report.py`: the printed tables.  `plot.py`: profile.png.
+- `progress.py`: the progress bar or lines (rows, elapsed, time left).
 """
 from .check import TOLERANCES, compare
 from .env import device_name, environment, git_commit

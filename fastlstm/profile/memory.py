@@ -6,7 +6,7 @@ in use before it (the model, inputs and output gradient are not counted).
 - CPU (Linux): one call per configuration, after a warm-up call, in a fresh
   subprocess; the process's peak resident set (VmHWM, reset through
   /proc/self/clear_refs) minus its resident set before the call. glibc is told
-  to serve blocks of 64 kB and more with mmap and to trim freed memory, so
+  to serve blocks of 64 KiB and more with mmap and to trim freed memory, so
   freed memory returns to the OS and the peak follows live allocations. This
   counts everything the call touches, oneDNN scratch space included, at page
   granularity. One subprocess per shape (`CpuMemoryProbe`) measures the

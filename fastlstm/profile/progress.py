@@ -46,7 +46,7 @@ class ProgressLine:
             except ImportError:
                 return
             self._bar = Progress(
-                TextColumn("{task.description:<40}"), BarColumn(),
+                TextColumn("{task.description:<24.24}"), BarColumn(bar_width=12),
                 TextColumn("{task.fields[rows]}/{task.fields[total_rows]} rows"),
                 TimeElapsedColumn(), TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
                 console=Console(file=self.stream))
