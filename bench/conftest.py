@@ -216,33 +216,18 @@ def bench_env():
 
 @pytest.fixture(scope="session")
 def shape_data():
-    """Per shape: the nn.LSTM, inputs and float64 reference, kept for the latest shape only."""
+    """Per shape: the nn.LSTM (nn.LSTMCell for a cell shape), inputs and float64 reference,
+    kept for the latest shape only."""
     cache = {}
 
     def get(spec: Shape):
         if spec.id not in cache:
             cache.clear()
-            device = torch.device(spec.device)
-            torch.manual_seed(0)
-            lstm = torch.nn.LSTM(spec.I, spec.H).to(device=device, dtype=spec.torch_dtype)
+            lstm = workloads.make_reference_module(spec.workload, spec.I, spec.H, 1, spec.torch_dtype,
+                                                   torch.device(spec.device), seed=0)
             x, grad_out = profile.make_inputs(spec.T, spec.B, lstm, spec.mode)
             want = profile.reference_result(lstm, x, spec.mode, grad_out)
             cache[spec.id] = (lstm, x, grad_out, want)
         return cache[spec.id]
     return get
 
-
-@pytest.fixture(scope="session")
-def cell_data():
-    """Per cell shape: the nn.LSTMCell, inputs and float64 reference (latest shape only)."""
-    cache = {}
-
-    def get(spec: Shape):
-        if spec.id not in cache:
-            cache.clear()
-            cell = workloads.make_reference_module("cell", spec.I, spec.H, 1, spec.torch_dtype,
-                                                   torch.device(spec.device), seed=0)
-            x, grad_out = profile.make_inputs(spec.T, spec.B, cell, spec.mode)
-            cache[spec.id] = (cell, x, grad_out, profile.reference_result(cell, x, spec.mode, grad_out))
-        return cache[spec.id]
-    return get

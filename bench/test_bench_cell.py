@@ -15,10 +15,10 @@ import torch
 from fastlstm.profile import compare, make_step, warm_up, workloads
 
 
-def test_cell_loop(benchmark, backend, cell_shape, cell_data, bench_env):
+def test_cell_loop(benchmark, backend, cell_shape, shape_data, bench_env):
     spec = cell_shape
     device = torch.device(spec.device)
-    cell, x, grad_out, want = cell_data(spec)
+    cell, x, grad_out, want = shape_data(spec)
     reason = workloads.workload_unavailable_reason("cell", backend, cell, device)
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
