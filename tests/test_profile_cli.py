@@ -160,6 +160,7 @@ def _main(*argv):
     (["--device", "cuda:99"], "--device 'cuda:99'"),
     (["--device", "cpu", "--backends", "triton"], "triton"),
     (["--out", "{file}/sub"], "--out"),
+    (["--results", "{file}/sub/r.json"], "--results"),
 ])
 def test_bad_arguments_get_one_line_naming_them(args, needle, tmp_path, capsys):
     (tmp_path / "file").write_text("a file, not a folder")

@@ -239,6 +239,56 @@ def _check_backends(asked: List[str], workloads: List[str], layers: int, device:
 
 def _run_cli(args) -> int:
     st = _settings(args)
+    device, asked, files = _prepare(args, st)
+    names = asked + ([] if "torch" in asked else ["torch"])
+    threads = torch.get_num_threads()
+    can_plot = importlib.util.find_spec("matplotlib") is not None
+    memory_on_cpu = not args.no_memory and device.type == "cpu"
+    # One sweep per (dtype, hidden, workload, batch); one plot per (dtype, hidden).
+    groups = [(dtype, hidden) for dtype in st["dtypes"] for hidden in st["hiddens"]]
+    shapes = [(dtype, hidden, workload, batch) for dtype, hidden in groups
+              for workload in st["workloads"] for batch in st["batches"]]
+    total_rows = sum(len(st["modes"]) * len(st["seq_lens"]) * len(backends_for(w, names)) for _, _, w, _ in shapes)
+    total_work = sum(count_work(st["modes"], st["seq_lens"], b, len(backends_for(w, names)), st["repeats"],
+                                memory_on_cpu) for _, _, w, b in shapes)
+    load_before = LoadMonitor().sample()
+    print(f"{_PREFIX} ({st['size']}): {', '.join(st['workloads'])} workload; B in {st['batches']}; "
+          f"H in {st['hiddens']}; {', '.join(st['dtypes'])}; L={args.layers}; on {device} ({device_name(device)}, "
+          f"{threads} threads); T in {st['seq_lens']}; {', '.join(st['modes'])}; backends {', '.join(names)}; "
+          f"{st['repeats']} interleaved repeats; slow loops up to T={st['slow_max_seq_len'] or 'any'}; "
+          f"{total_rows} rows; writing to {args.out}/", flush=True)
+    if device.type == "cpu" and threads > 1 and load_before is not None and load_before >= 1.0:
+        print(f"warning: the CPU is busy (load average {load_before:.2f}); with {threads} torch threads on "
+              f"{os.cpu_count()} cores times may be inflated many-fold; try --threads 1", flush=True)
+    if not can_plot:
+        print("matplotlib is not installed: no profile.png (pip install 'fastlstm[profile]')", flush=True)
+
+    pngs: List[str] = []
+    with LoadMonitor() as load:
+        try:
+            with ProgressLine(total_rows, total_work) as bar:
+                for dtype, hidden in groups:
+                    group_rows: List[dict] = []
+                    for _, _, workload, batch in [s for s in shapes if s[:2] == (dtype, hidden)]:
+                        rows = run_profile(
+                            batch=batch, input_size=args.input or (hidden if args.grid else DEFAULT_INPUT),
+                            hidden_size=hidden, layers=args.layers, seq_lens=st["seq_lens"], dtype=DTYPES[dtype],
+                            device=str(device), modes=st["modes"], backends=names, repeats=st["repeats"],
+                            slow_max_seq_len=st["slow_max_seq_len"] or None, memory=not args.no_memory,
+                            seed=args.seed, workload=workload, on_rows=files.add, progress=bar.update, load=load)
+                        print_report(rows)
+                        group_rows += rows
+                    if can_plot:
+                        pngs.append(plot(group_rows, _png_path(args.out, groups, dtype, hidden)))
+        except KeyboardInterrupt:
+            return _interrupted(files, can_plot, groups, args.out)
+    load_note = _load_note(device, load_before, load.run_max, threads)
+    return _summarize(args, st, device, asked, files, pngs, load_note)
+
+
+def _prepare(args, st: dict):
+    """Check what can be checked before measuring: (device, backends asked for, ProfileFiles);
+    a one-line error otherwise."""
     try:
         device = resolve_device(args.device)
     except ValueError as e:
@@ -249,80 +299,57 @@ def _run_cli(args) -> int:
         raise _fail(f"--workload cell steps one LSTMCell; --layers must be 1, got {args.layers}")
     asked = args.backends or default_backends(device)
     _check_backends(asked, st["workloads"], args.layers, device)
-    names = asked + ([] if "torch" in asked else ["torch"])
+    if args.results:
+        folder = os.path.dirname(os.path.abspath(args.results))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise _fail(f"--results {args.results}: cannot write there ({e.strerror or e})")
+        if os.path.isdir(args.results) or not os.access(folder, os.W_OK):
+            raise _fail(f"--results {args.results}: cannot write there (a folder, or not writable)")
     try:
         files = ProfileFiles(args.out)
     except OSError as e:
         raise _fail(f"--out {args.out}: cannot write there ({e.strerror or e})")
-    can_plot = importlib.util.find_spec("matplotlib") is not None
-    memory_on_cpu = not args.no_memory and device.type == "cpu"
-    threads = torch.get_num_threads()
+    return device, asked, files
 
-    # One sweep per (dtype, hidden, workload, batch); one plot per (dtype, hidden).
-    groups = [(dtype, hidden) for dtype in st["dtypes"] for hidden in st["hiddens"]]
-    shapes = [(dtype, hidden, workload, batch) for dtype, hidden in groups
-              for workload in st["workloads"] for batch in st["batches"]]
-    total_rows = sum(len(st["modes"]) * len(st["seq_lens"]) * len(backends_for(w, names)) for _, _, w, _ in shapes)
-    total_work = sum(count_work(st["modes"], st["seq_lens"], b, len(backends_for(w, names)), st["repeats"],
-                                memory_on_cpu) for _, _, w, b in shapes)
-    load_now = LoadMonitor().sample()
-    print(f"{_PREFIX} ({st['size']}): {', '.join(st['workloads'])} workload; B in {st['batches']}; "
-          f"H in {st['hiddens']}; {', '.join(st['dtypes'])}; L={args.layers}; on {device} ({device_name(device)}, "
-          f"{threads} threads); T in {st['seq_lens']}; {', '.join(st['modes'])}; backends {', '.join(names)}; "
-          f"{st['repeats']} interleaved repeats; slow loops up to T={st['slow_max_seq_len'] or 'any'}; "
-          f"{total_rows} rows; writing to {args.out}/", flush=True)
-    if device.type == "cpu" and threads > 1 and load_now is not None and load_now >= 1.0:
-        print(f"warning: the CPU is busy (load average {load_now:.2f}); with {threads} torch threads on "
-              f"{os.cpu_count()} cores times may be inflated many-fold; try --threads 1", flush=True)
-    if not can_plot:
-        print("matplotlib is not installed: no profile.png (pip install 'fastlstm[profile]')", flush=True)
 
-    pngs: List[str] = []
-    interrupted = False
-    with LoadMonitor() as load:
-        try:
-            with ProgressLine(total_rows, total_work) as bar:
-                for i, (dtype, hidden) in enumerate(groups):
-                    group_rows: List[dict] = []
-                    for _, _, workload, batch in [s for s in shapes if s[:2] == (dtype, hidden)]:
-                        input_size = args.input or (hidden if args.grid else DEFAULT_INPUT)
-                        rows = run_profile(
-                            batch=batch, input_size=input_size, hidden_size=hidden, layers=args.layers,
-                            seq_lens=st["seq_lens"], dtype=DTYPES[dtype], device=str(device), modes=st["modes"],
-                            backends=names, repeats=st["repeats"], slow_max_seq_len=st["slow_max_seq_len"] or None,
-                            memory=not args.no_memory, seed=args.seed, workload=workload, on_rows=files.add,
-                            progress=bar.update, load=load)
-                        print_report(rows)
-                        group_rows += rows
-                    if can_plot:
-                        name = "profile.png" if len(groups) == 1 else f"profile-{dtype}-H{hidden}.png"
-                        pngs.append(plot(group_rows, os.path.join(args.out, name)))
-        except KeyboardInterrupt:
-            interrupted = True
-        run_max = load.run_max
+def _png_path(out: str, groups: list, dtype: str, hidden: int) -> str:
+    return os.path.join(out, "profile.png" if len(groups) == 1 else f"profile-{dtype}-H{hidden}.png")
+
+
+def _load_note(device: torch.device, before, run_max, threads: int) -> str:
+    """A line on the load: whether others ran before or during the run."""
+    if (device.type == "cpu" and before is not None and before >= 1.0) or busy(run_max, threads):
+        return (f"The machine was busy: load average {before:.2f} before the run (its own processes not yet "
+                f"running) and at most {run_max:.2f} during it, with {threads} torch threads on {os.cpu_count()} "
+                "cores; times may be inflated (rows record load_avg_1m and load_avg_1m_max); rerun on an idle "
+                "machine, or with --threads 1.")
+    if run_max is None:
+        return ""
+    return f"Load average at most {run_max:.2f} during the run ({threads} torch threads, {os.cpu_count()} cores)."
+
+
+def _summarize(args, st: dict, device: torch.device, asked: List[str], files: ProfileFiles, pngs: List[str],
+               load_note: str) -> int:
+    """The lines after the tables, --results, and the exit status."""
     rows = files.rows
-    if interrupted:
-        return _interrupted(files, can_plot, groups, args.out)
-
     paths = [files.json_path, files.csv_path] + (pngs if len(pngs) <= 3 else [os.path.join(args.out, "profile-*.png")])
     bad = [r for r in rows if r["status"] in ("failed", "error")]
     written = None
     if args.results:
-        written = write_results(rows, args.results, baseline_name(device))
+        try:
+            written = write_results(rows, args.results, baseline_name(device))
+        except (OSError, ValueError) as e:  # gone meanwhile, or an existing file that is not a JSON list
+            raise _fail(f"--results {args.results}: could not update it ({e}); the rows are in {files.json_path}")
         paths.append(f"{args.results} ({written} rows)")
     print("Peak memory: growth during one call over what was in use before it "
           + ("(torch.cuda.max_memory_allocated)." if device.type == "cuda" else
              "(peak resident set of a subprocess, glibc returning freed memory; see fastlstm/profile/memory.py)."))
     print("Times are medians of interleaved runs; on a shared machine read the ratios, not the absolutes.")
     print("Wrote " + ", ".join(paths))
-    busy_at_start = device.type == "cpu" and load_now is not None and load_now >= 1.0
-    if busy_at_start or busy(run_max, threads):
-        print(f"The machine was busy: load average {load_now:.2f} before the run (its own processes not yet "
-              f"running) and at most {run_max:.2f} during it, with {threads} torch threads on {os.cpu_count()} "
-              "cores; times may be inflated (rows record load_avg_1m and load_avg_1m_max); rerun on an idle "
-              "machine, or with --threads 1.")
-    elif run_max is not None:
-        print(f"Load average at most {run_max:.2f} during the run ({threads} torch threads, {os.cpu_count()} cores).")
+    if load_note:
+        print(load_note)
     if st["size"] != "full":
         print(f"This was the {st['size']} profile. The full one (many times longer): fastlstm profile "
               "--full, i.e. --seq-lens 16,64,256,1024 --repeats 7 --slow-max-seq-len 1024 --batch 1,8,32 "
@@ -333,9 +360,10 @@ def _run_cli(args) -> int:
             f"T={r['seq_len']}: {r['note']}" for r in bad[:10]) + (" ..." if len(bad) > 10 else ""))
     if written == 0:
         print(f"--results: no fastlstm backend passed, so {args.results} got no rows")
-    idle = [n for n in asked if n != "torch" and not any(r["backend"] == n and r["status"] == "ok" for r in rows)]
-    if idle and len(idle) == len([n for n in asked if n != "torch"]):
-        print(f"{_PREFIX}: error: no backend asked for was timed ({', '.join(idle)}): every row was skipped or failed")
+    wanted = [n for n in asked if n != "torch"]
+    if wanted and not any(r["backend"] in wanted and r["status"] == "ok" for r in rows):
+        print(f"{_PREFIX}: error: no backend asked for was timed ({', '.join(wanted)}): every row was skipped "
+              "or failed")
         return 1
     return 1 if bad or written == 0 else 0
 
@@ -348,8 +376,7 @@ def _interrupted(files: ProfileFiles, can_plot: bool, groups, out: str) -> int:
             for dtype, hidden in groups:
                 rows = [r for r in files.rows if r["dtype"] == dtype and r["hidden"] == hidden]
                 if rows:
-                    name = "profile.png" if len(groups) == 1 else f"profile-{dtype}-H{hidden}.png"
-                    written.append(plot(rows, os.path.join(out, name)))
+                    written.append(plot(rows, _png_path(out, groups, dtype, hidden)))
         except KeyboardInterrupt:
             pass
     print(f"\nInterrupted: kept the {len(files.rows)} row(s) measured so far in {', '.join(written)}")
