@@ -137,9 +137,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "noisy machine. Each backend is checked against a float64 nn.LSTM before it is timed. "
             "Writes profile.json and profile.csv to --out as rows are measured (Ctrl-C keeps them), "
             "and profile.png at the end. The default run takes about two minutes on two idle CPU "
-            "cores; --full measures more (see --help of each flag). With --grid, the sweep repeats for "
-            "every batch x hidden x dtype (one PNG per dtype x hidden), and --results writes one compact "
-            "row per fastlstm backend x shape x mode with its interleaved nn.LSTM baseline."
+            "cores; --full measures more (each flag below says what each size of run sets it to). With "
+            "--grid, the sweep repeats for every batch x hidden x dtype (one PNG per dtype x hidden), and "
+            "--results writes one compact row per fastlstm backend x shape x mode with its interleaved "
+            "nn.LSTM baseline."
         ),
     )
     size = p.add_mutually_exclusive_group()
