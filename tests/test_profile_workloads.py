@@ -1,5 +1,6 @@
 """The profile's cell workload (an LSTMCell stepped from Python) and several batch sizes
 in one run: rows are checked against float64 torch, named, and reported per batch."""
+import importlib
 import io
 import json
 import os
@@ -141,3 +142,35 @@ def test_memory_is_reported_in_binary_units():
     assert report._fmt_bytes(512) == "512 B"
     assert report._fmt_bytes(3 * 1024 * 1024) == "3.0 MiB"
     assert report._fmt_bytes(1536) == "1.5 KiB"
+
+
+def test_plot_keeps_the_legend_off_the_panels_and_labels_every_axis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    # The module, not the function `fastlstm.profile.plot` that the package exports.
+    plot_module = importlib.import_module("fastlstm.profile.plot")
+
+    rows = profile.run_profile(batch=2, input_size=3, hidden_size=4, seq_lens=[2, 4], repeats=2, memory=False,
+                               backends=["jit"])
+    rows += profile.run_profile(batch=3, input_size=3, hidden_size=4, seq_lens=[2, 4], repeats=2, memory=False,
+                                backends=["jit"], workload="cell")
+    fig = plot_module.figure(rows)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        assert len(fig.axes) == 4, "a row of two panels per (workload, batch)"
+        legend = fig.legends[0]
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), f"the legend covers {ax.get_title()!r}"
+            assert ax.get_xlabel() and ax.get_ylabel(), f"{ax.get_title()!r}: an axis without a label"
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert {"jit", "torch", "train", "infer"} <= set(labels) and any("min to max" in t for t in labels), labels
+        for ax in fig.axes[::2]:  # throughput panels: one min-max band per backend and mode
+            assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 4, ax.get_title()
+    finally:
+        plt.close(fig)

@@ -4,14 +4,7 @@ from typing import List
 
 
 def plot(rows: List[dict], path: str) -> str:
-    """Save a PNG of `rows` (one dtype and hidden size; any workloads and batches).
-
-    Each (workload, batch) gets a row of two panels: tokens/s against T (log
-    axes), with a band from the slowest to the fastest of the interleaved
-    repeats around each median line, and the speed-up of the median over
-    torch's (nn.LSTM, or nn.LSTMCell for the cell workload). Colour: backend;
-    solid: train; dashed: infer. The legend sits right of the panels, off the
-    data, and says so.
+    """Save `figure(rows)` as a PNG at `path`; returns `path`.
 
     Example:
         >>> from fastlstm.profile import run_profile
@@ -20,6 +13,24 @@ def plot(rows: List[dict], path: str) -> str:
         ...                    backends=["jit"])
         >>> os.path.exists(plot(rows, os.path.join(tempfile.mkdtemp(), "p.png")))
         True
+    """
+    fig = figure(rows)
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight" keeps the legend right of the panels
+    plt.close(fig)
+    return path
+
+
+def figure(rows: List[dict]):
+    """A matplotlib Figure of `rows` (one dtype and hidden size; any workloads and batches).
+
+    Each (workload, batch) gets a row of two panels: tokens/s against T (log
+    axes), with a band from the slowest to the fastest of the interleaved
+    repeats around each median line, and the speed-up of the median over
+    torch's (nn.LSTM, or nn.LSTMCell for the cell workload). Colour: backend;
+    solid: train; dashed: infer. The legend sits right of the panels, off the
+    data, and says so.
     """
     import matplotlib
 
@@ -78,6 +89,4 @@ def plot(rows: List[dict], path: str) -> str:
         fig.suptitle(f"fastlstm profile: I={r0['input']} H={r0['hidden']} L={r0['layers']} {r0['dtype']} "
                      f"on {r0['device_name']} ({r0['threads']} threads); lines: medians")
     fig.tight_layout(rect=(0, 0, 0.85, 0.97))
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight" keeps the legend right of the panels
-    plt.close(fig)
-    return path
+    return fig
