@@ -138,6 +138,19 @@ def test_busy_means_more_runnable_than_our_threads():
         assert peak is not None and load.run_max >= peak
 
 
+def test_busy_notes_name_what_was_seen():
+    from fastlstm.profile import cli
+
+    cpu = torch.device("cpu")
+    assert cli._load_note(cpu, 0.1, 1.9, threads=2).startswith("Load average at most 1.90")
+    assert "1.20 cores in use before the run" in cli._load_note(cpu, 1.2, 1.9, threads=2)
+    note = cli._load_note(cpu, None, 3.5, threads=2)
+    assert note.startswith("The machine was busy: a load average of at most 3.50 during it,"), note
+    if sys.platform.startswith("linux"):
+        used = env.cores_in_use(0.05)
+        assert used is not None and 0 <= used <= os.cpu_count()
+
+
 def test_memory_is_reported_in_binary_units():
     assert report._fmt_bytes(512) == "512 B"
     assert report._fmt_bytes(3 * 1024 * 1024) == "3.0 MiB"

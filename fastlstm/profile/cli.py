@@ -16,7 +16,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from .env import LoadMonitor, busy, device_name
+from .env import LoadMonitor, busy, cores_in_use, device_name
 from .files import RESULT_FIELDS, ProfileFiles, baseline_name, write_results
 from .models import DTYPES, KNOWN_BACKENDS, SLOW_BACKENDS, default_backends, resolve_device
 from .plot import plot
@@ -252,14 +252,17 @@ def _run_cli(args) -> int:
     total_rows = sum(len(st["modes"]) * len(st["seq_lens"]) * len(backends_for(w, names)) for _, _, w, _ in shapes)
     total_work = sum(count_work(st["modes"], st["seq_lens"], b, len(backends_for(w, names)), st["repeats"],
                                 memory_on_cpu) for _, _, w, b in shapes)
-    load_before = LoadMonitor().sample()
+    # What others use now, before this run starts its threads.
+    busy_before = cores_in_use()
+    if busy_before is None:
+        busy_before = LoadMonitor().sample()
     print(f"{_PREFIX} ({st['size']}): {', '.join(st['workloads'])} workload; B in {st['batches']}; "
           f"H in {st['hiddens']}; {', '.join(st['dtypes'])}; L={args.layers}; on {device} ({device_name(device)}, "
           f"{threads} threads); T in {st['seq_lens']}; {', '.join(st['modes'])}; backends {', '.join(names)}; "
           f"{st['repeats']} interleaved repeats; slow loops up to T={st['slow_max_seq_len'] or 'any'}; "
           f"{total_rows} rows; writing to {args.out}/", flush=True)
-    if device.type == "cpu" and threads > 1 and load_before is not None and load_before >= 1.0:
-        print(f"warning: the CPU is busy (load average {load_before:.2f}); with {threads} torch threads on "
+    if device.type == "cpu" and threads > 1 and busy_before is not None and busy_before >= 0.5:
+        print(f"warning: the CPU is busy ({busy_before:.2f} cores in use); with {threads} torch threads on "
               f"{os.cpu_count()} cores times may be inflated many-fold; try --threads 1", flush=True)
     if not can_plot:
         print("matplotlib is not installed: no profile.png (pip install 'fastlstm[profile]')", flush=True)
@@ -283,7 +286,7 @@ def _run_cli(args) -> int:
                         pngs.append(plot(group_rows, _png_path(args.out, groups, dtype, hidden)))
         except KeyboardInterrupt:
             return _interrupted(files, can_plot, groups, args.out)
-    load_note = _load_note(device, load_before, load.run_max, threads)
+    load_note = _load_note(device, busy_before, load.run_max, threads)
     return _summarize(args, st, device, asked, files, pngs, load_note)
 
 
@@ -320,12 +323,13 @@ def _png_path(out: str, groups: list, dtype: str, hidden: int) -> str:
 
 
 def _load_note(device: torch.device, before, run_max, threads: int) -> str:
-    """A line on the load: whether others ran before or during the run."""
-    if (device.type == "cpu" and before is not None and before >= 1.0) or busy(run_max, threads):
-        return (f"The machine was busy: load average {before:.2f} before the run (its own processes not yet "
-                f"running) and at most {run_max:.2f} during it, with {threads} torch threads on {os.cpu_count()} "
-                "cores; times may be inflated (rows record load_avg_1m and load_avg_1m_max); rerun on an idle "
-                "machine, or with --threads 1.")
+    """A line on the load: whether others ran before (`before`: cores in use) or during the run."""
+    if (device.type == "cpu" and before is not None and before >= 0.5) or busy(run_max, threads):
+        said = [f"{before:.2f} cores in use before the run" if before is not None else "",
+                f"a load average of at most {run_max:.2f} during it" if run_max is not None else ""]
+        return (f"The machine was busy: {' and '.join(w for w in said if w)}, with {threads} torch threads on "
+                f"{os.cpu_count()} cores; times may be inflated (rows record load_avg_1m and load_avg_1m_max); "
+                "rerun on an idle machine, or with --threads 1.")
     if run_max is None:
         return ""
     return f"Load average at most {run_max:.2f} during the run ({threads} torch threads, {os.cpu_count()} cores)."

@@ -5,7 +5,8 @@ import os
 import platform
 import subprocess
 import threading
-from typing import Dict, Optional
+import time
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -131,3 +132,28 @@ def busy(load: Optional[float], threads: int) -> bool:
     on shared cores, an OpenMP thread that loses its core stalls the others at each
     barrier, and times inflate many-fold, unevenly."""
     return load is not None and load >= threads + 1
+
+
+def _cpu_times() -> Optional[Tuple[int, int]]:
+    # (idle, total) jiffies of all cores, from the first line of /proc/stat (Linux).
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields)
+
+
+def cores_in_use(seconds: float = 0.5) -> Optional[float]:
+    """How many cores were busy, on average, over the next `seconds` (Linux; else None).
+    Taken before a profile starts, it is what other processes use: the 1-minute load
+    average still counts a run that ended a minute ago."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(seconds)
+    second = _cpu_times()
+    total = second[1] - first[1]
+    if total <= 0:
+        return None
+    return round((1 - (second[0] - first[0]) / total) * (os.cpu_count() or 1), 2)
