@@ -2,8 +2,8 @@
 
 Three sizes of run, each flag given on the command line winning over them:
 - the default: fastlstm's backends for the device against nn.LSTM and the two
-  baselines, B=32, T in 16, 64, 256, 1024, 5 interleaved repeats, the slow loops
-  up to T=64, the layer workload (about two minutes on two idle CPU cores);
+  baselines, B in 1, 32, T in 16, 64, 256, 1024, 5 interleaved repeats, the slow
+  loops up to T=64, the layer workload (97 s measured on two idle CPU cores);
 - `--quick`: T in 16, 64, 2 repeats, the slow loops at T=16 only;
 - `--full`: T to 1024, 7 repeats, the slow loops to T=1024, B in 1, 8, 32 and
   both workloads (layer and cell).
@@ -31,7 +31,7 @@ DEFAULT_HIDDEN = 256
 # What each size of run measures unless a flag says otherwise.
 PRESETS = {
     "quick": dict(seq_lens=[16, 64], repeats=2, slow_max_seq_len=16, batch=[32], workload=["layer"]),
-    "default": dict(seq_lens=[16, 64, 256, 1024], repeats=5, slow_max_seq_len=64, batch=[32], workload=["layer"]),
+    "default": dict(seq_lens=[16, 64, 256, 1024], repeats=5, slow_max_seq_len=64, batch=[1, 32], workload=["layer"]),
     "full": dict(seq_lens=[16, 64, 256, 1024], repeats=7, slow_max_seq_len=1024, batch=[1, 8, 32],
                  workload=["layer", "cell"]),
 }
