@@ -7,12 +7,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.fastlstm-installed
+# pyproject.toml's requires-python (tests/test_setup.py keeps the two equal).
+MIN_PYTHON := 3.11
 
-.PHONY: venv profile test bench clean
+# `make bench` runs $(PY) $(BENCH_ARGS); tests/test_bench_smoke.py runs the same line
+# (read through `make -s bench-args`) in smoke mode. Group by `group`, which every
+# benchmark sets (to its shape), so that backends of one shape sit side by side.
+BENCH_ARGS := -m pytest bench --benchmark-only --benchmark-group-by=group
+
+.PHONY: venv profile test bench bench-args clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(MIN_PYTHON)".split("."))))' || \
+		{ echo "fastlstm needs Python $(MIN_PYTHON) or newer (the pinned torch and numpy need it); $(PYTHON) is $$($(PYTHON) -V 2>&1): run make PYTHON=python3.11 (or newer)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -26,7 +35,10 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) -m pytest bench --benchmark-only --benchmark-group-by=param:shape
+	$(PY) $(BENCH_ARGS)
+
+bench-args:
+	@echo $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks

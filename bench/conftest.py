@@ -1,7 +1,7 @@
 """Options and parametrisation for the fastlstm benchmarks (pytest-benchmark).
 
     make bench                                                 # the default grid, grouped by shape
-    pytest bench --benchmark-only --benchmark-group-by=param:shape
+    pytest bench --benchmark-only                              # the same (grouped by `group`)
     pytest bench --benchmark-only --bench-grid=large           # T to 4096, GPU shapes, bf16
     pytest bench --benchmark-disable --bench-smoke -q          # CI: tiny shapes, seconds
     pytest bench --benchmark-only --benchmark-autosave         # saves a run under bench/results/
@@ -9,8 +9,10 @@
 Axes: backend x shape, where a shape fixes sequence length T, batch B, input I,
 hidden H, dtype, device and mode (infer: forward under no_grad; train: forward
 + backward). Its id, e.g. `T256-B32-I128-H256-f32-train` (CUDA shapes start
-with `cuda-`), is the `shape` parameter, so `--benchmark-group-by=param:shape`
-puts the backends of one shape side by side.
+with `cuda-`), is the `shape` parameter and every benchmark's `group`, so the
+default grouping (`--benchmark-group-by=group`) puts the backends of one shape,
+and its GEMM floor, side by side. (`param:shape` fails on the floor benchmarks,
+which have no `shape` parameter.)
 
 - default: CPU, B=32 I=128 H=256 float32, T in 16, 64, 256, 1024, both modes;
   fastlstm "jit" against torch.nn.LSTM ("torch") and the tutorial loop.
@@ -19,12 +21,17 @@ puts the backends of one shape side by side.
   1, 16, 64; H in 256, 768, 1024; float32 and bfloat16; a T sweep to 4096 at
   the FlashRNN paper's B=16 H=768 bf16), and every backend.
 - smoke (`--bench-smoke`, or FASTLSTM_BENCH_SMOKE=1): tiny shapes over every
-  backend, so that the suite collects and runs in seconds.
+  backend, so that the suite collects and runs in seconds; with timing on
+  (`--benchmark-only`), one short round per benchmark.
+test_bench_cell.py times an LSTMCell stepped over T=64 from Python (the `cell_shape`
+parameter: B in 1, 8, 32; smoke: tiny), fastlstm.LSTMCell ("jit"; "reference"
+and "triton" in large and smoke runs) against torch.nn.LSTMCell ("torch").
 test_bench_floor.py times the GEMMs of a layer alone on the float32 CPU shapes of
 the same grid (the `floor_shape` parameter; no backend axis): see its docstring.
 `--bench-backends=a,b` restricts the backends. Unavailable backends (Triton and
 FlashRNN off CUDA, a backend that does not import) are skipped with a reason.
 """
+import decimal
 import os
 from dataclasses import dataclass
 from typing import Dict, List
@@ -32,12 +39,16 @@ from typing import Dict, List
 import pytest
 import torch
 
-from fastlstm import profiler
+from fastlstm import profile
+from fastlstm.profile import workloads
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 DEFAULT_BACKENDS = ("torch", "jit", "tutorial")
-ALL_BACKENDS = ("torch", "jit", "triton", "tutorial", "scripted", "flashrnn")
+ALL_BACKENDS = ("torch", "jit", "triton", "tutorial", "scripted", "flashrnn", "reference")
+# The cell loop (test_bench_cell.py): torch.nn.LSTMCell and fastlstm.LSTMCell's backends.
+DEFAULT_CELL_BACKENDS = ("torch", "jit")
+CELL_BACKENDS = ("torch", "jit", "reference", "triton")
 _DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64}
 MODES = ("infer", "train")
 
@@ -54,10 +65,12 @@ class Shape:
     device: str = "cpu"
     mode: str = "infer"
     large: bool = False
+    workload: str = "layer"  # or "cell": an LSTMCell stepped over T in Python (test_bench_cell.py)
 
     @property
     def id(self) -> str:
-        prefix = "" if self.device == "cpu" else f"{self.device}-"
+        prefix = ("" if self.workload == "layer" else f"{self.workload}-") + \
+            ("" if self.device == "cpu" else f"{self.device}-")
         return f"{prefix}T{self.T}-B{self.B}-I{self.I}-H{self.H}-{self.dtype}-{self.mode}"
 
     @property
@@ -86,7 +99,29 @@ def _smoke_grid(large: bool) -> List[Shape]:
     return shapes
 
 
-def pytest_addoption(parser):
+# Options of pytest-benchmark that this project's commands use. Without the plugin
+# pytest would stop at them with "unrecognized arguments"; they are accepted
+# then, so that pytest_configure can say what is missing.
+_PLUGIN_FLAGS = ("--benchmark-only", "--benchmark-disable", "--benchmark-autosave")
+_PLUGIN_VALUES = ("--benchmark-group-by", "--benchmark-json", "--benchmark-save", "--benchmark-storage",
+                  "--benchmark-max-time", "--benchmark-min-rounds", "--benchmark-columns", "--benchmark-sort",
+                  "--benchmark-compare")
+_MISSING_PLUGIN = ("bench/ needs pytest-benchmark, which is not installed for this Python: "
+                   "pip install 'fastlstm[test]' (or pip install pytest-benchmark)")
+
+
+def _cell_grid(smoke: bool) -> List[Shape]:
+    if smoke:
+        return [Shape(3, 2, 3, 5, mode=m, workload="cell") for m in MODES]
+    return [Shape(64, B, 128, 256, mode=m, workload="cell") for m in MODES for B in (1, 8, 32)]
+
+
+def pytest_addoption(parser, pluginmanager):
+    if not pluginmanager.has_plugin("benchmark"):
+        for flag in _PLUGIN_FLAGS:
+            parser.addoption(flag, action="store_true", help="(needs pytest-benchmark)")
+        for option in _PLUGIN_VALUES:
+            parser.addoption(option, help="(needs pytest-benchmark)")
     group = parser.getgroup("fastlstm-bench", "fastlstm benchmarks")
     group.addoption("--bench-grid", choices=["default", "large"],
                     default=os.environ.get("FASTLSTM_BENCH_GRID", "default"),
@@ -100,10 +135,17 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("benchmark"):
+        raise pytest.UsageError(_MISSING_PLUGIN)
     # Saved runs (--benchmark-save / --benchmark-autosave) go to bench/results
     # unless a storage is named. tryfirst: before pytest-benchmark reads it.
     if getattr(config.option, "benchmark_storage", None) == "file://./.benchmarks":
         config.option.benchmark_storage = "file://" + RESULTS
+    if config.getoption("--bench-smoke"):
+        # Smoke runs check that everything runs and reports, not how fast: one short round each.
+        config.option.benchmark_max_time = decimal.Decimal("0.001")
+        config.option.benchmark_min_rounds = 1
+        config.option.benchmark_warmup = False
 
 
 def _selected(config) -> Dict[str, object]:
@@ -111,10 +153,12 @@ def _selected(config) -> Dict[str, object]:
     smoke = config.getoption("--bench-smoke")
     if smoke:
         shapes = _smoke_grid(large)
-        backends = ALL_BACKENDS
+        backends = tuple(b for b in ALL_BACKENDS if b != "reference")
+        cell_backends = CELL_BACKENDS
     else:
         shapes = _default_grid() + (_large_grid() if large else [])
-        backends = ALL_BACKENDS if large else DEFAULT_BACKENDS
+        backends = tuple(b for b in ALL_BACKENDS if b != "reference") if large else DEFAULT_BACKENDS
+        cell_backends = CELL_BACKENDS if large else DEFAULT_CELL_BACKENDS
     wanted = config.getoption("--bench-backends")
     if wanted:
         names = [n.strip() for n in wanted.split(",") if n.strip()]
@@ -122,7 +166,9 @@ def _selected(config) -> Dict[str, object]:
         if bad:
             raise pytest.UsageError(f"--bench-backends: unknown {', '.join(bad)}; expected {', '.join(ALL_BACKENDS)}")
         backends = tuple(names)
-    return {"shapes": {s.id: s for s in shapes}, "backends": backends}
+        cell_backends = tuple(n for n in names if n in CELL_BACKENDS)
+    return {"shapes": {s.id: s for s in shapes}, "backends": backends,
+            "cell_shapes": _cell_grid(smoke), "cell_backends": cell_backends}
 
 
 def pytest_generate_tests(metafunc):
@@ -132,6 +178,11 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("floor_shape", [
             pytest.param(s, id=s.id, marks=[pytest.mark.large] if s.large else []) for s in shapes
         ])
+    if "cell_shape" in metafunc.fixturenames:
+        # The cell loop (test_bench_cell.py): its own shapes and the backends with an LSTMCell.
+        sel = _selected(metafunc.config)
+        metafunc.parametrize("cell_shape", [pytest.param(s, id=s.id) for s in sel["cell_shapes"]])
+        metafunc.parametrize("backend", sel["cell_backends"])
     if "shape" not in metafunc.fixturenames:
         return
     sel = _selected(metafunc.config)
@@ -158,24 +209,25 @@ def bench_env():
 
     def get(device: torch.device) -> dict:
         if str(device) not in cache:
-            cache[str(device)] = profiler.environment(device)
+            cache[str(device)] = profile.environment(device)
         return cache[str(device)]
     return get
 
 
 @pytest.fixture(scope="session")
 def shape_data():
-    """Per shape: the nn.LSTM, inputs and float64 reference, kept for the latest shape only."""
+    """Per shape: the nn.LSTM (nn.LSTMCell for a cell shape), inputs and float64 reference,
+    kept for the latest shape only."""
     cache = {}
 
     def get(spec: Shape):
         if spec.id not in cache:
             cache.clear()
-            device = torch.device(spec.device)
-            torch.manual_seed(0)
-            lstm = torch.nn.LSTM(spec.I, spec.H).to(device=device, dtype=spec.torch_dtype)
-            x, grad_out = profiler.make_inputs(spec.T, spec.B, lstm, spec.mode)
-            want = profiler.reference_result(lstm, x, spec.mode, grad_out)
+            lstm = workloads.make_reference_module(spec.workload, spec.I, spec.H, 1, spec.torch_dtype,
+                                                   torch.device(spec.device), seed=0)
+            x, grad_out = profile.make_inputs(spec.T, spec.B, lstm, spec.mode)
+            want = profile.reference_result(lstm, x, spec.mode, grad_out)
             cache[spec.id] = (lstm, x, grad_out, want)
         return cache[spec.id]
     return get
+

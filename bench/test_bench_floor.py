@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from fastlstm import profiler
+from fastlstm import profile
 from fastlstm.backends import jit
 from fastlstm.backends._common import script_quietly
 
@@ -106,7 +106,7 @@ def test_gemm_floor(benchmark, floor_shape, bench_env, request):
         pytest.skip("the floor times oneDNN's GEMMs, which this torch build does not have")
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(spec.I, spec.H)
-    x, grad_out = profiler.make_inputs(spec.T, spec.B, lstm, spec.mode)
+    x, grad_out = profile.make_inputs(spec.T, spec.B, lstm, spec.mode)
     # Smoke shapes are tiny but still run the floor, to test it.
     if not jit._use_mkldnn(x, spec.H, spec.H) and not request.config.getoption("--bench-smoke"):
         pytest.skip("jit runs this shape's small GEMMs with MKL's addmm, not the oneDNN calls timed here")
@@ -123,14 +123,15 @@ def test_gemm_floor(benchmark, floor_shape, bench_env, request):
         return fn(x.detach(), hs, dzs, w_ih, w_hh, bias, chunk, reorder, train)
 
     _check(floor(), x, hs, dzs, w_ih, w_hh, bias, chunk, train)
+    benchmark.group = spec.id  # beside the backends of the same shape (see conftest.py)
     benchmark.extra_info.update(bench_env(torch.device("cpu")))
     benchmark.extra_info.update(shape=spec.id, seq_len=spec.T, mode=spec.mode)
     if not benchmark.disabled:
         steps = {"floor": floor}
         for name in ("torch", "jit"):
-            steps[name] = profiler.make_step(profiler.build_model(name, lstm), x, spec.mode, grad_out)
-        inner = {name: profiler.calls_per_sample(profiler.warm_up(step)) for name, step in steps.items()}
-        samples = profiler.timed_median(steps, repeats=profiler.DEFAULT_REPEATS, inner=inner)
+            steps[name] = profile.make_step(profile.build_model(name, lstm), x, spec.mode, grad_out)
+        inner = {name: profile.calls_per_sample(profile.warm_up(step)) for name, step in steps.items()}
+        samples = profile.timed_median(steps, repeats=profile.DEFAULT_REPEATS, inner=inner)
         ms = {name: statistics.median(v) * 1e3 for name, v in samples.items()}
         ratios = {"floor_vs_torch": ms["torch"] / ms["floor"], "jit_vs_torch": ms["torch"] / ms["jit"],
                   "jit_vs_floor": ms["floor"] / ms["jit"]}

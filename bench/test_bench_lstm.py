@@ -8,7 +8,7 @@ CUDA, so it times the work, not the launch.
 import pytest
 import torch
 
-from fastlstm import profiler
+from fastlstm import profile
 
 # The tutorial loop takes seconds per round past this T, and adds nothing there
 # that `fastlstm profile`'s sweep does not show.
@@ -23,24 +23,25 @@ def test_lstm(benchmark, backend, shape, shape_spec, shape_data, bench_env):
     if backend == "tutorial" and spec.T > _SLOW_MAX_T:
         pytest.skip(f"tutorial past T={_SLOW_MAX_T} takes seconds per round; see `fastlstm profile`")
     lstm, x, grad_out, want = shape_data(spec)
-    reason = profiler.unavailable_reason(backend, lstm, device)
+    reason = profile.unavailable_reason(backend, lstm, device)
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
 
     try:
-        model = profiler.build_model(backend, lstm)
-        step = profiler.make_step(model, x, spec.mode, grad_out)
+        model = profile.build_model(backend, lstm)
+        step = profile.make_step(model, x, spec.mode, grad_out)
         got = step()  # fastlstm imports a backend on its first forward
     except ImportError as e:
         if backend != "flashrnn":
             raise  # fastlstm's own backends and baselines must import; a skip would hide it
         pytest.skip(f"{backend} does not import: {e}")
-    ok, err, msg = profiler.compare(got, want, spec.torch_dtype)
+    ok, err, msg = profile.compare(got, want, spec.torch_dtype)
     if not ok:
         pytest.fail(f"{backend} at {spec.id}: wrong answer against nn.LSTM, no figure recorded: {msg}",
                     pytrace=False)
-    profiler.warm_up(step)
+    profile.warm_up(step)
 
+    benchmark.group = spec.id  # the backends of one shape side by side (see conftest.py)
     benchmark.extra_info.update(bench_env(device))
     benchmark.extra_info.update(
         backend=backend, shape=spec.id, seq_len=spec.T, batch=spec.B, input=spec.I, hidden=spec.H,

@@ -35,7 +35,7 @@ def triton_unavailable_reason(x: Tensor) -> Optional[str]:
     if x.device.type not in ("cpu", "cuda"):
         return f"Triton does not run on device type {x.device.type!r}"
     if importlib.util.find_spec("triton") is None:
-        return "the 'triton' package is not installed (pip install triton)"
+        return "the 'triton' package is not installed (pip install 'fastlstm[triton]')"
     if x.device.type == "cuda" and not interpret:
         return _cuda_unsupported_reason(x.device.index)
     return None

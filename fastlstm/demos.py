@@ -15,6 +15,7 @@ Each demo is a function that returns what it measured, so tests can run it
 """
 import argparse
 import glob
+import importlib.util
 import math
 import os
 import statistics
@@ -131,6 +132,7 @@ def _plot_sincos(result: dict, out: str, who: str, windows: int, shown: int) -> 
     ax.plot(result["t"].numpy(), result["target"].numpy(), label="target cos(t)", lw=2)
     ax.plot(result["t"].numpy(), result["prediction"].numpy(), "--", label="prediction", lw=2)
     ax.set_xlabel("t")
+    ax.set_ylabel("cos(t): target and prediction")
     ax.set_title(f"sin -> cos, {who}: the last {shown} of {windows} windows")
     ax.legend(loc="upper right")
     fig.tight_layout()
@@ -476,6 +478,28 @@ def toy(
 # command line
 # ---------------------------------------------------------------------------
 
+def _number(kind, low: float, strict: bool, what: str):
+    """An argparse type: a `kind` above `low` (at least `low` unless `strict`)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _number(int, 0, True, "a positive integer")
+_positive_float = _number(float, 0.0, True, "a positive number")
+_non_negative_float = _number(float, 0.0, False, "a number of at least 0")
+
+
+def _fail(demo: str, message: str) -> SystemExit:
+    return SystemExit(f"fastlstm demo {demo}: error: {message}")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `demo sincos|charlm|toy` to the `fastlstm` command line's subparsers.
 
@@ -492,28 +516,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("sincos", help="regress cos(t) from sin(t); saves a plot")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder for sincos.png (default: {DEFAULT_OUT})")
-    p.add_argument("--windows", type=int, default=100, help="windows of 20 steps, each covering pi")
+    p.add_argument("--windows", type=_positive_int, default=100, help="windows of 20 steps, each covering pi")
     p.add_argument("--backend", choices=backends, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_sincos)
 
     p = sub.add_parser("charlm", help="character-level language model; perplexity, tokens/s, a sample")
     p.add_argument("--text", help="a text file to train on (default: the standard library's source)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--backend", choices=backends, default="auto", help="fastlstm's backend (default: auto)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (CUDA if present)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    p.add_argument("--lr", type=float, default=None, help="default: 0.005 for adam, 1 for sgd")
-    p.add_argument("--max-chars", type=int, default=200_000)
+    p.add_argument("--lr", type=_positive_float, default=None, help="default: 0.005 for adam, 1 for sgd")
+    p.add_argument("--max-chars", type=_positive_int, default=200_000)
     p.add_argument("--prefix", default="def ")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 samples greedily")
+    p.add_argument("--temperature", type=_non_negative_float, default=0.7, help="0 samples greedily")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a 40 kB corpus and 4 epochs: seconds on a CPU")
     p.set_defaults(func=_run_charlm)
 
     p = sub.add_parser("toy", help="the numpy tutorial's toy task: 4 inputs, 4 targets, SGD")
-    p.add_argument("--iterations", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--iterations", type=_positive_int, default=100)
+    p.add_argument("--lr", type=_positive_float, default=0.1)
     p.add_argument("--backend", choices=backends, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_toy)
@@ -521,18 +545,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _run_sincos(args) -> int:
+    if importlib.util.find_spec("matplotlib") is None:  # checked first: the plot comes after a minute of training
+        raise _fail("sincos", "matplotlib is not installed, and this demo saves a plot: pip install 'fastlstm[profile]'")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise _fail("sincos", f"--out {args.out}: cannot write there ({e.strerror or e})")
     sincos(windows=args.windows, backend=args.backend, seed=args.seed, out=args.out)
     return 0
 
 
 def _run_charlm(args) -> int:
+    from .profile.models import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise _fail("charlm", f"--{e}")
     text = None
     if args.text is not None:
-        with open(args.text, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    charlm(text=text, epochs=args.epochs, backend=args.backend, device=args.device, optimizer=args.optimizer,
-           lr=args.lr, max_chars=args.max_chars, prefix=args.prefix, temperature=args.temperature,
-           seed=args.seed, quick=args.quick)
+        try:
+            with open(args.text, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as e:
+            raise _fail("charlm", f"--text {args.text}: cannot read it ({e.strerror or e})")
+    try:
+        charlm(text=text, epochs=args.epochs, backend=args.backend, device=str(device), optimizer=args.optimizer,
+               lr=args.lr, max_chars=args.max_chars, prefix=args.prefix, temperature=args.temperature,
+               seed=args.seed, quick=args.quick)
+    except ValueError as e:  # a text too short for one batch, a prefix outside its characters
+        raise _fail("charlm", str(e))
     return 0
 
 

@@ -152,3 +152,46 @@ def test_cli_sincos_writes_its_plot(tmp_path):
     png = out / "sincos.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
     assert sorted(os.listdir(tmp_path)) == ["plots"], "the demo wrote outside --out"
+
+
+def _demo_error(argv, capsys):
+    """Run `fastlstm demo ...` in this process, expecting it to refuse: (status, its one message)."""
+    from fastlstm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", *argv])
+    err = capsys.readouterr().err.strip()
+    if isinstance(e.value.code, str):  # SystemExit("...") prints its message and exits 1
+        return 1, e.value.code
+    return e.value.code, err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["charlm", "--device", "cuda:99"], "--device 'cuda:99'"),
+    (["charlm", "--device", "tpu"], "--device 'tpu'"),
+    (["charlm", "--text", "{missing}"], "--text"),
+    (["charlm", "--text", "{short}", "--backend", "reference"], "text: expected at least"),
+    (["charlm", "--epochs", "0"], "--epochs"),
+    (["sincos", "--windows", "0"], "--windows"),
+    (["sincos", "--out", "{short}/sub"], "--out"),
+    (["toy", "--iterations", "-1"], "--iterations"),
+    (["toy", "--lr", "0"], "--lr"),
+])
+def test_demo_bad_input_gets_one_line(argv, needle, tmp_path, capsys):
+    (tmp_path / "short.txt").write_text("abc")
+    argv = [a.replace("{missing}", str(tmp_path / "missing.txt")).replace("{short}", str(tmp_path / "short.txt"))
+            for a in argv]
+    code, message = _demo_error(argv, capsys)
+    assert code not in (0, None), f"{argv}: exit status {code}"
+    assert "\n" not in message and message.startswith("fastlstm demo"), f"{argv}: {message!r}"
+    assert needle in message, f"{argv}: {message!r}"
+
+
+def test_sincos_without_matplotlib_stops_before_training(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; from fastlstm.cli import main; "
+            "sys.exit(main(['demo', 'sincos', '--backend', 'reference', '--out', sys.argv[1]]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0, proc.stdout
+    assert "window" not in proc.stdout, "it trained before finding matplotlib missing"
+    assert proc.stderr.strip().count("\n") == 0 and "pip install 'fastlstm[profile]'" in proc.stderr, proc.stderr

@@ -28,3 +28,12 @@ def test_import_is_cheap_and_auto_runs_without_triton():
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok ['auto', 'jit', 'reference']"), out.stdout
+
+
+def test_missing_triton_names_the_extra():
+    code = ("import os, sys; sys.modules['triton'] = None; os.environ['TRITON_INTERPRET'] = '1'\n"
+            "import torch; from fastlstm._dispatch import triton_unavailable_reason\n"
+            "print(triton_unavailable_reason(torch.empty(0)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'fastlstm[triton]'" in out.stdout, out.stdout

@@ -4,14 +4,17 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from torch import nn
 
-from fastlstm import profiler
+from fastlstm import profile
+from fastlstm.profile import cli as profile_cli, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--seq-lens", "2,4", "--hidden", "8", "--batch", "2", "--input", "4", "--repeats", "1"]
@@ -85,7 +88,7 @@ def test_quick_run_writes_csv_with_the_same_rows(quick_run):
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
     for got, want in zip(table, rows):
-        for field in profiler.FIELDS:
+        for field in profile.FIELDS:
             expected = "" if want[field] is None else str(want[field])
             assert got[field] == expected, f"CSV {field} of {want['backend']} T={want['seq_len']}"
 
@@ -109,6 +112,35 @@ def test_quick_run_prints_the_table(quick_run):
         assert text in proc.stdout, f"{text!r} not in the output"
 
 
+def test_quick_run_shows_progress_with_rows_and_time_left(quick_run):
+    _, proc = quick_run
+    # Not a terminal: plain lines, one per finished group of rows.
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[") and " rows] " in line]
+    assert lines, f"no progress line:\n{proc.stdout}"
+    total = int(lines[-1].split("/")[1].split()[0])
+    assert lines[-1].startswith(f"[{total}/{total} rows]"), lines[-1]
+    assert all("elapsed" in line and " left" in line for line in lines), lines
+
+
+def test_quick_run_records_the_load_and_says_how_to_run_the_full_profile(quick_run):
+    out, proc = quick_run
+    rows = json.loads((out / "profile.json").read_text())
+    if hasattr(os, "getloadavg"):
+        assert all(r["load_avg_1m_max"] is not None and r["load_avg_1m_max"] >= 0 for r in rows)
+        assert "Load average at most" in proc.stdout or "The machine was busy" in proc.stdout, proc.stdout
+    assert "fastlstm profile --full" in proc.stdout, proc.stdout
+
+
+def _main(*argv):
+    """fastlstm's command line in this process; returns its exit status."""
+    from fastlstm.cli import main
+
+    try:
+        return main(list(argv))
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--seq-lens", "0,4"], "--seq-lens"),
     (["--seq-lens", "a"], "--seq-lens"),
@@ -117,11 +149,83 @@ def test_quick_run_prints_the_table(quick_run):
     (["--grid", "batch=0/2"], "--grid"),
     (["--grid", "depth=2"], "--grid"),
     (["--grid", "dtype=fp8"], "--grid"),
+    (["--threads", "0"], "--threads"),
+    (["--repeats", "0"], "--repeats"),
+    (["--slow-max-seq-len", "-5"], "--slow-max-seq-len"),
+    (["--batch", "8,0"], "--batch"),
+    (["--workload", "loop"], "--workload"),
+    (["--workload", "cell", "--layers", "2"], "--layers"),
+    (["--quick", "--full"], "--full"),
+    (["--device", "tpu"], "--device 'tpu'"),
+    (["--device", "cuda:99"], "--device 'cuda:99'"),
+    (["--device", "cpu", "--backends", "triton"], "triton"),
+    (["--out", "{file}/sub"], "--out"),
+    (["--results", "{file}/sub/r.json"], "--results"),
 ])
-def test_bad_arguments_are_named(args, needle, tmp_path):
-    proc = _profile("--out", str(tmp_path), *args, timeout=60)
-    assert proc.returncode != 0
-    assert needle in proc.stderr + proc.stdout
+def test_bad_arguments_get_one_line_naming_them(args, needle, tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    args = [a.replace("{file}", str(tmp_path / "file")) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    code = _main("profile", *args)
+    captured = capsys.readouterr()
+    assert code not in (0, None), f"{args}: exit status {code}"
+    err = captured.err.strip()
+    assert "\n" not in err and err.startswith("fastlstm profile: error: "), f"{args}: {captured.err!r}"
+    assert needle in err, f"{args}: {err!r}"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "measured despite the error"
+
+
+def test_version(capsys):
+    import fastlstm
+
+    code = _main("--version")
+    assert code == 0 and capsys.readouterr().out.startswith(f"fastlstm {fastlstm.__version__} ")
+
+
+def test_a_request_whose_every_backend_was_skipped_is_an_error(tmp_path):
+    # The tutorial loop can run here, but the cap leaves it no T.
+    proc = _profile("--out", str(tmp_path), *TINY, "--backends", "tutorial", "--slow-max-seq-len", "1",
+                    "--no-memory")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no backend asked for was timed (tutorial)" in proc.stdout, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_keeps_the_rows_measured(tmp_path):
+    # SIGINT may be ignored in a background CI job; the child restores Python's handler.
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from fastlstm.cli import main; sys.exit(main(sys.argv[1:]))")
+    args = ["profile", "--out", str(tmp_path), "--seq-lens", "2,3,4,5,6,7,8,9,10,11,12,13", "--repeats", "25",
+            "--hidden", "8", "--batch", "2", "--input", "4", "--backends", "jit,torch", "--no-memory"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    json_path = tmp_path / "profile.json"
+    deadline = time.monotonic() + 120
+    measured = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        if json_path.exists():
+            measured = json.loads(json_path.read_text())  # replaced whole, never half-written
+            if len(measured) >= 4:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None and len(measured) >= 4, "the run ended (or wrote nothing) before it could be stopped"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, f"exit status {proc.returncode}:\n{out}\n{err}"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    summary = [line for line in out.splitlines() if line.startswith("Interrupted")]
+    assert len(summary) == 1 and "profile.json" in summary[0] and "profile.csv" in summary[0], out
+    rows = json.loads(json_path.read_text())
+    assert len(rows) >= len(measured) and len(rows) < 2 * 2 * 12, "expected part of the run"
+    with open(tmp_path / "profile.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(rows), "the CSV and the JSON hold different rows"
+    # Whole groups only: both backends of each (mode, T) measured, with their figures.
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["seq_len"]), []).append(r)
+        assert r["status"] == "ok" and r["ms"] > 0, r
+    assert all(sorted(r["backend"] for r in g) == ["jit", "torch"] for g in groups.values()), groups.keys()
 
 
 class _WrongGateOrder(nn.Module):
@@ -141,7 +245,7 @@ class _WrongGateOrder(nn.Module):
 
 
 def test_a_wrong_backend_is_marked_failed_and_not_timed():
-    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[3], backends=["torch"],
+    rows = profile.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[3], backends=["torch"],
                                 repeats=1, memory=False, extra_models={"wrong": _WrongGateOrder})
     by_key = {(r["backend"], r["mode"]): r for r in rows}
     for mode in ("infer", "train"):
@@ -153,7 +257,7 @@ def test_a_wrong_backend_is_marked_failed_and_not_timed():
 
 
 def test_multi_layer_runs_fastlstm_and_skips_one_layer_baselines():
-    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, layers=2, seq_lens=[3], modes=["train"],
+    rows = profile.run_profile(batch=2, input_size=3, hidden_size=5, layers=2, seq_lens=[3], modes=["train"],
                                 backends=["reference", "tutorial"], repeats=1, memory=False)
     by_name = {r["backend"]: r for r in rows}
     assert by_name["reference"]["status"] == "ok", by_name["reference"]["note"]
@@ -167,13 +271,13 @@ def test_grid_results_file_has_one_paired_row_per_shape_and_mode(tmp_path):
     assert proc.returncode == 0, f"fastlstm profile --grid failed:\n{proc.stdout}\n{proc.stderr}"
     rows = json.loads(results.read_text())
     for r in rows:
-        assert tuple(r) == profiler.RESULT_FIELDS, f"keys {list(r)}"
+        assert tuple(r) == profile.RESULT_FIELDS, f"keys {list(r)}"
         what = f"{r['dtype']} B={r['batch']} T={r['seq_len']} {r['mode']}"
         assert r["backend"] == "jit" and r["baseline"] == "onednn", what
         assert r["hidden"] == 8 and r["input"] == 8, f"{what}: the input size follows the hidden size"
         assert r["ms"] > 0 and r["baseline_ms"] > 0, what
         assert math.isclose(r["speedup"], r["baseline_ms"] / r["ms"], rel_tol=1e-9), what
-        assert r["device"] == profiler.device_name(torch.device("cpu")) and r["torch"] == torch.__version__
+        assert r["device"] == profile.device_name(torch.device("cpu")) and r["torch"] == torch.__version__
         assert "commit" in r and "triton" in r
     shapes = [(r["dtype"], r["batch"], r["seq_len"], r["mode"]) for r in rows]
     expected = {(d, b, t, m) for d in ("float32", "bfloat16") for b in (2, 3) for t in (2, 3)
@@ -183,40 +287,41 @@ def test_grid_results_file_has_one_paired_row_per_shape_and_mode(tmp_path):
     full = json.loads((tmp_path / "profile.json").read_text())
     baseline = {(r["dtype"], r["batch"], r["seq_len"], r["mode"]): r["ms"] for r in full if r["backend"] == "torch"}
     assert all(baseline[s] == r["baseline_ms"] for s, r in zip(shapes, rows))
-    assert len(list(tmp_path.glob("profile-*.png"))) == 4, "one plot per dtype x batch x hidden"
+    pngs = sorted(p.name for p in tmp_path.glob("profile-*.png"))
+    assert pngs == ["profile-bfloat16-H8.png", "profile-float32-H8.png"], f"one plot per dtype x hidden: {pngs}"
 
 
 def test_results_leave_out_failures_and_keep_other_shapes(tmp_path):
     path = tmp_path / "r.json"
-    other = dict.fromkeys(profiler.RESULT_FIELDS, 1.0)
+    other = dict.fromkeys(profile.RESULT_FIELDS, 1.0)
     other.update(device="elsewhere", backend="triton")
     path.write_text(json.dumps([other]))
-    rows = profiler.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[2, 3], modes=["infer"],
+    rows = profile.run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[2, 3], modes=["infer"],
                                 backends=["jit"], repeats=1, memory=False)
-    assert profiler.write_results(rows, str(path), "onednn") == 2
+    assert profile.write_results(rows, str(path), "onednn") == 2
     broken = next(r for r in rows if r["backend"] == "jit" and r["seq_len"] == 3)
     broken.update(status="failed", ms=None, note="wrong answer vs nn.LSTM: (made up)")
-    assert profiler.write_results(rows, str(path), "onednn") == 1
+    assert profile.write_results(rows, str(path), "onednn") == 1
     kept = json.loads(path.read_text())
     # The failed shape's earlier row is dropped, not left standing; another device's row stays.
     assert sorted((r["device"], r["seq_len"]) for r in kept) == sorted(
-        [("elsewhere", 1.0), (profiler.device_name(torch.device("cpu")), 2)])
+        [("elsewhere", 1.0), (profile.device_name(torch.device("cpu")), 2)])
 
 
 def test_grid_preset_gpu():
-    grid = profiler._grid("gpu")
+    grid = profile_cli._grid("gpu")
     assert grid == {"batch": [1, 16, 64, 256], "hidden": [256, 768, 1024], "dtype": ["bfloat16", "float32"],
                     "seq_lens": [64, 256, 1024, 4096]}
-    assert profiler._grid("gpu,dtype=bf16,batch=4")["dtype"] == ["bfloat16"]
-    assert profiler._grid("gpu,batch=4")["batch"] == [4]
+    assert profile_cli._grid("gpu,dtype=bf16,batch=4")["dtype"] == ["bfloat16"]
+    assert profile_cli._grid("gpu,batch=4")["batch"] == [4]
 
 
 def test_each_triton_row_names_its_launch_plan():
     rows = [dict(backend="triton", mode="infer", seq_len=T, plan="forward persistent: 96 programs") for T in (64, 256)]
     rows += [dict(backend="triton", mode="train", seq_len=64, plan="forward ...; backward ..."),
              dict(backend="torch", mode="infer", seq_len=64, plan=None)]
-    assert profiler._plan_lines(rows) == [
+    assert report._plan_lines(rows) == [
         "triton infer (T=64, 256) launch plan: forward persistent: 96 programs",
         "triton train (T=64) launch plan: forward ...; backward ...",
     ]
-    assert profiler.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off CUDA"
+    assert profile.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off CUDA"
