@@ -14,7 +14,8 @@ default grouping (`--benchmark-group-by=group`) puts the backends of one shape,
 and its GEMM floor, side by side. (`param:shape` fails on the floor benchmarks,
 which have no `shape` parameter.)
 
-- default: CPU, B=32 I=128 H=256 float32, T in 16, 64, 256, 1024, both modes;
+- default: CPU, B=32 I=128 H=256 float32, T in 16, 64, 256, 1024, both modes,
+  plus inference at B 1 and 8 (T 16, 64, 256) and at B=1 I=H=4 T=20000;
   fastlstm "jit" against torch.nn.LSTM ("torch") and the tutorial loop.
 - large (`--bench-grid=large`, or FASTLSTM_BENCH_GRID=large; these cases are
   marked `large`): adds T=4096 and other B/H on the CPU, CUDA shapes (B in
@@ -24,7 +25,8 @@ which have no `shape` parameter.)
   backend, so that the suite collects and runs in seconds; with timing on
   (`--benchmark-only`), one short round per benchmark.
 test_bench_cell.py times an LSTMCell stepped over T=64 from Python (the `cell_shape`
-parameter: B in 1, 8, 32; smoke: tiny), fastlstm.LSTMCell ("jit"; "reference"
+parameter: the time-sequence predictor's float64 cells, B 3 and 97 with 1 or 51
+inputs and 51 units, and float32 B 1, 8, 32 with I=H=256; smoke: tiny), fastlstm.LSTMCell ("jit"; "reference"
 and "triton" in large and smoke runs) against torch.nn.LSTMCell ("torch").
 test_bench_floor.py times the GEMMs of a layer alone on the float32 CPU shapes of
 the same grid (the `floor_shape` parameter; no backend axis): see its docstring.
@@ -79,7 +81,10 @@ class Shape:
 
 
 def _default_grid() -> List[Shape]:
-    return [Shape(T, 32, 128, 256, mode=m) for m in MODES for T in (16, 64, 256, 1024)]
+    shapes = [Shape(T, 32, 128, 256, mode=m) for m in MODES for T in (16, 64, 256, 1024)]
+    # Small batches and a tiny hidden size (inference), where per-step costs decide.
+    shapes += [Shape(T, B, 128, 256, mode="infer") for B in (1, 8) for T in (16, 64, 256)]
+    return shapes + [Shape(20000, 1, 4, 4, mode="infer")]
 
 
 def _large_grid() -> List[Shape]:
@@ -113,7 +118,10 @@ _MISSING_PLUGIN = ("bench/ needs pytest-benchmark, which is not installed for th
 def _cell_grid(smoke: bool) -> List[Shape]:
     if smoke:
         return [Shape(3, 2, 3, 5, mode=m, workload="cell") for m in MODES]
-    return [Shape(64, B, 128, 256, mode=m, workload="cell") for m in MODES for B in (1, 8, 32)]
+    # pytorch/examples' time-sequence predictor (float64; batch 97 in training, 3 in
+    # prediction; its two cells take 1 and 51 inputs), and float32 at B 1, 8, 32.
+    shapes = [Shape(64, B, I, 51, "f64", mode=m, workload="cell") for m in MODES for B in (3, 97) for I in (1, 51)]
+    return shapes + [Shape(64, B, 256, 256, mode=m, workload="cell") for m in MODES for B in (1, 8, 32)]
 
 
 def pytest_addoption(parser, pluginmanager):
