@@ -86,17 +86,21 @@ def _cases(draw):
     mkldnn = draw(st.booleans())
     # With oneDNN, W_hh is reordered only for long sequences; force either way.
     reorder = draw(st.booleans())
+    # Inference at small B * H runs plain steps (unscaled weights, tanh); force either way.
+    plain = draw(st.booleans())
     seed = draw(st.integers(0, 2**16))
-    return T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, reorder, seed
+    return T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, reorder, plain, seed
 
 
 def _check_case(case, dtype):
-    T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, reorder, seed = case
+    T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, reorder, plain, seed = case
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(jit, "_PROJECTION_ROWS", rows)
         mp.setattr(jit, "_MKLDNN_MIN_MACS", 0 if mkldnn else 2**62)
         mp.setattr(jit, "_REORDER_MIN_STEPS", 1 if reorder else 2**62)
-        _compare(T, B, I, H, R, proj, bias, batch_sizes, rows, requires, f"{mkldnn}-reorder{reorder}", seed, dtype)
+        mp.setattr(jit, "_PLAIN_MAX_ELEMS", 2**62 if plain else -1)
+        _compare(T, B, I, H, R, proj, bias, batch_sizes, rows, requires,
+                 f"{mkldnn}-reorder{reorder}-plain{plain}", seed, dtype)
 
 
 def _compare(T, B, I, H, R, proj, bias, batch_sizes, rows, requires, mkldnn, seed, dtype):

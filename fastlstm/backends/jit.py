@@ -120,8 +120,16 @@ def _forward(
     use_mkldnn: bool,
     chunk: int,
     reorder: bool,
+    plain: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
-    """The forward loop on prepared weights (see `_prepare`).
+    """The forward loop on prepared weights (see `_prepare`), or with `plain`
+    (never with `save`) on the layer's own weights, biases summed.
+
+    Plain steps use tanh where the formulas have it and carry c and h as
+    they are: seven ops a step instead of eight and no weights to prepare,
+    which wins where a step's pointwise work is small (tanh costs 5-7x
+    sigmoid per element here, but a few hundred elements cost less than one
+    op's dispatch); see `_plain`.
 
     Returns out, h_n, c_n and, when `save`, what the backward needs, as one
     tensor per chunk of `chunk` steps: S (n, B, 4H) = [i, f, g/2, o],
@@ -152,9 +160,11 @@ def _forward(
     if w_hr is not None:
         whr_p = _pack(w_hr, B, reorder, use_mkldnn)
 
-    c = c0 * 2.0
+    # The state as carried: 2c and (without projection) h/2, or as it is when plain.
+    c = c0.clone() if plain else c0 * 2.0
     cp = c
-    hp = h0 if proj else h0 * 0.5
+    hp = h0 if proj or plain else h0 * 0.5
+    c_gain = 1.0 if plain else 4.0
     # A one-element tensor: ATen's tensor-tensor sub is ~2x its tensor-scalar sub.
     half = torch.full((1,), 0.5, dtype=x.dtype, device=x.device)
     # Views made once, not per step: each view op costs about as much as a
@@ -213,11 +223,16 @@ def _forward(
                 ot = ot[:bs]
                 cl = cp[:bs]
             if use_mkldnn:
-                s.add_(_gemm(hl, whh_p, True)).sigmoid_()
+                s.add_(_gemm(hl, whh_p, True))
             else:
-                s.addmm_(hl, whh_p).sigmoid_()
-            u.sub_(half)
-            # 2c_t = f * 2c_{t-1} + 4 * i * (g/2)
+                s.addmm_(hl, whh_p)
+            if plain:
+                u = torch.tanh(u)
+                s.sigmoid_()
+            else:
+                s.sigmoid_()
+                u.sub_(half)
+            # 2c_t = f * 2c_{t-1} + 4 * i * (g/2); plain: c_t = f * c_{t-1} + i * g
             if save:
                 cn = Cs[k]
                 if packed:
@@ -226,15 +241,18 @@ def _forward(
                 cp = Cs[k]
             else:
                 cn = cl.mul_(f)
-            cn.addcmul_(i, u, value=4.0)
+            cn.addcmul_(i, u, value=c_gain)
             if save:
                 th = THs[k]
                 if packed:
                     th = th[:bs]
                 torch.sigmoid(cn, out=th)
+                th.sub_(half)
+            elif plain:
+                th = torch.tanh(cn)
             else:
                 th = torch.sigmoid(cn)
-            th.sub_(half)
+                th.sub_(half)
             if proj:
                 if save:
                     m = Ms[k]
@@ -250,11 +268,12 @@ def _forward(
             else:
                 torch.mul(o, th, out=ot)
             hp = outs[t]
-    if not proj:
+    if not proj and not plain:
         out.mul_(2.0)
 
+    c_unit = 1.0 if plain else 0.5  # from c as carried to c
     if not packed:
-        return out, out[T - 1].clone(), cp * 0.5, S_l, C_l, TH_l, M_l
+        return out, out[T - 1].clone(), cp * c_unit, S_l, C_l, TH_l, M_l
     # A row's final state is at its last live step: rows [sizes[t+1], sizes[t]) end at t.
     h_n = h0.clone()
     c_n = c0.clone()
@@ -266,7 +285,7 @@ def _forward(
             if save:
                 c_n[lo:hi] = C_l[t // chunk][t % chunk, lo:hi] * 0.5
             else:
-                c_n[lo:hi] = c[lo:hi] * 0.5
+                c_n[lo:hi] = c[lo:hi] * c_unit
     return out, h_n, c_n, S_l, C_l, TH_l, M_l
 
 
@@ -481,14 +500,32 @@ def _prepare(w_ih, w_hh, b_ih, b_hh, w_hr):
     wi = (w_ih.detach().reshape(4, H, -1) * gate_scale.view(4, 1, 1)).view(4 * H, -1)
     wh_scale = gate_scale if w_hr is not None else gate_scale * 2.0
     wh = (w_hh.detach().reshape(4, H, -1) * wh_scale.view(4, 1, 1)).view(4 * H, -1)
-    bias = None
-    if b_ih is not None and b_hh is not None:
-        bias = ((b_ih.detach() + b_hh.detach()).reshape(4, H) * gate_scale.view(4, 1)).view(4 * H)
-    elif b_ih is not None or b_hh is not None:
-        b = b_ih if b_ih is not None else b_hh
-        bias = (b.detach().reshape(4, H) * gate_scale.view(4, 1)).view(4 * H)
+    bias = _bias(b_ih, b_hh)
+    if bias is not None:
+        bias = (bias.reshape(4, H) * gate_scale.view(4, 1)).view(4 * H)
     wr = None if w_hr is None else w_hr.detach() * 2.0
     return wi, wh, bias, wr
+
+
+def _bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]:
+    """The one bias the forward adds (detached): the sum of those given."""
+    if b_ih is not None and b_hh is not None:
+        return b_ih.detach() + b_hh.detach()
+    b = b_ih if b_ih is not None else b_hh
+    return None if b is None else b.detach()
+
+
+# Rows x units (B * H) up to which an inference step runs plain (see `_forward`):
+# at B=1, H=256 the plain step floor measured 0.75 against 0.91 ms (T=16) and
+# 12.9 against 13.6 ms (T=256); at B=8 the scaled one wins (1.52 against 1.57,
+# 5.2 against 6.1 ms at T=64). bench/test_bench_floor.py, step1 and step2.
+_PLAIN_MAX_ELEMS = 512
+
+
+def _plain(B: int, H: int, save: bool) -> bool:
+    """Whether a layer call runs `_forward`'s plain steps: inference at small B * H.
+    Plain steps scale nothing, so they need no range check on the weights either."""
+    return not save and B * H <= _PLAIN_MAX_ELEMS
 
 
 def _chunk(T: int, B: int) -> int:
@@ -531,7 +568,8 @@ class LSTMJitFunction(torch.autograd.Function):
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
             ctx.save_for_backward(*inputs)
             return x.new_zeros(0, B, h0.shape[1]), h0.clone(), c0.clone()
-        ctx.unscaled = not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr)
+        plain = _plain(B, c0.shape[1], save)
+        ctx.unscaled = not plain and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr)
         if ctx.unscaled:
             # Weights whose power-of-two scalings would overflow: the plain
             # loop, forward here and (recomputed) in the backward.
@@ -543,10 +581,14 @@ class LSTMJitFunction(torch.autograd.Function):
         x32, h032, c032, w_ih32, w_hh32, b_ih32, b_hh32, w_hr32 = map(_f32, inputs)
         fwd, _ = _scripted()
         use_mkldnn = _use_mkldnn(x32, c032.shape[1], h032.shape[1])
-        wi, wh, bias, wr = _prepare(w_ih32, w_hh32, b_ih32, b_hh32, w_hr32)
+        if plain:
+            wi, wh, bias = w_ih32.detach(), w_hh32.detach(), _bias(b_ih32, b_hh32)
+            wr = None if w_hr32 is None else w_hr32.detach()
+        else:
+            wi, wh, bias, wr = _prepare(w_ih32, w_hh32, b_ih32, b_hh32, w_hr32)
         chunk = _chunk(T, B)
         out, h_n, c_n, S, C, TH, M = fwd(x32, h032, c032, wi, wh, bias, wr, sizes, save, use_mkldnn, chunk,
-                                         T >= _REORDER_MIN_STEPS)
+                                         T >= _REORDER_MIN_STEPS, plain)
         result = out.to(dtype) if dtype in _HALF_TYPES else out
         if save:
             if result is out:
@@ -639,6 +681,8 @@ def lstm_layer_jit(
         # No autograd: run the Function's forward as a plain call, saving nothing.
         args = (*tensors, batch_sizes, False)
         result = LSTMJitFunction.forward(FunctionCtx(args), *args)
+        if _plain(x.shape[1], c0.shape[1], False):
+            return result  # nothing was scaled, so nothing can have overflowed
     if not _finite(result[1], result[2]) and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr, cached=False):
         # Weights edited through .data (which leaves _version alone) past the range
         return lstm_layer_reference(*tensors, batch_sizes)
