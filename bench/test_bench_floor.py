@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fastlstm import profile
 from fastlstm.backends import jit
-from fastlstm.backends._common import script_quietly
+from fastlstm.backends._common import ScriptedOnce
 
 
 def _layer_gemms(x: Tensor, hs: Tensor, dzs: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor,
@@ -133,14 +133,7 @@ _POINTWISE_STEPS = {
 }
 
 
-_SCRIPTED = None
-
-
-def _scripted():
-    global _SCRIPTED
-    if _SCRIPTED is None:
-        _SCRIPTED = script_quietly(_layer_gemms)
-    return _SCRIPTED
+_scripted = ScriptedOnce(_layer_gemms)  # scripted on first use
 
 
 def _check(got: List[Tensor], x, hs, dzs, w_ih, w_hh, bias, chunk: int, train: bool) -> None:
@@ -174,7 +167,7 @@ def test_gemm_floor(benchmark, floor_shape, bench_env, request):
     bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
     chunk = jit._chunk(spec.T, spec.B)
     reorder = spec.T >= jit._REORDER_MIN_STEPS
-    fn = _scripted()
+    fn = _scripted()[0]
 
     def floor(pointwise: int = 0):
         return fn(x.detach(), hs, dzs, w_ih, w_hh, bias, chunk, reorder, train, use_mkldnn, pointwise)

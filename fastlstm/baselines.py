@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .backends._common import script_quietly
+from .backends._common import ScriptedOnce
 
 GATES = ("i", "f", "g", "o")
 
@@ -86,13 +86,7 @@ def _scripted_cell_loop(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Ten
     return torch.stack(outputs), h, c
 
 
-_SCRIPTED = {}
-
-
-def _scripted():
-    if "loop" not in _SCRIPTED:
-        _SCRIPTED["loop"] = script_quietly(_scripted_cell_loop)
-    return _SCRIPTED["loop"]
+_scripted = ScriptedOnce(_scripted_cell_loop)  # scripted on first use
 
 
 class ScriptedCellLSTM(nn.Module):
@@ -121,5 +115,5 @@ class ScriptedCellLSTM(nn.Module):
             h = x.new_zeros(x.shape[1], self.hidden_size)
             hx = (h, h)
         m = self.lstm
-        out, h, c = _scripted()(x, hx[0], hx[1], m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
+        out, h, c = _scripted()[0](x, hx[0], hx[1], m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
         return out, (h, c)

@@ -230,12 +230,12 @@ def test_lazy_scripting_emits_no_deprecation_warning():
             warnings.simplefilter("always")
             import torch
             import fastlstm.backends.jit as jit
-            assert jit._SCRIPTED is None, "scripted at import"
+            assert jit._scripted.functions is None, "scripted at import"
             x = torch.randn(3, 2, 4, requires_grad=True)
             out, h, c = jit.lstm_layer_jit(x, torch.zeros(2, 5), torch.zeros(2, 5),
                                            torch.randn(20, 4), torch.randn(20, 5))
             (out.sum() + h.sum() + c.sum()).backward()
-            assert isinstance(jit._SCRIPTED[0], torch.jit.ScriptFunction)
+            assert isinstance(jit._scripted.functions[0], torch.jit.ScriptFunction)
         bad = [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
                and "jit" in str(w.message).lower()]
         assert not bad, [str(w.message) for w in bad]

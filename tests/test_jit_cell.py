@@ -43,7 +43,7 @@ def test_cell_functions_are_script_functions_and_are_the_path_taken(monkeypatch)
             return fn(*args)
         return run
 
-    monkeypatch.setattr(jit_cell, "_SCRIPTED", (counted("forward", fwd), counted("backward", bwd)))
+    monkeypatch.setattr(jit_cell._scripted, "functions", (counted("forward", fwd), counted("backward", bwd)))
     ours, _ = _pair()
     x, h, c = (t.requires_grad_() for t in _inputs())
     h1, c1 = ours(x, (h, c))

@@ -1,4 +1,5 @@
 """Helpers shared by the backends and the functional layer above them."""
+import threading
 import warnings
 
 import torch
@@ -14,6 +15,29 @@ def script_quietly(fn):
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.script(fn)
+
+
+class ScriptedOnce:
+    """Functions scripted together (with `script_quietly`) on the first call,
+    once, under a lock; every call returns the same tuple of ScriptFunctions.
+    `functions` is None until then, so nothing is scripted at import.
+
+    Example:
+        >>> _scripted = ScriptedOnce(_forward, _backward)
+        >>> forward, backward = _scripted()
+    """
+
+    def __init__(self, *fns):
+        self._fns = fns
+        self._lock = threading.Lock()
+        self.functions = None
+
+    def __call__(self) -> tuple:
+        if self.functions is None:
+            with self._lock:
+                if self.functions is None:
+                    self.functions = tuple(script_quietly(fn) for fn in self._fns)
+        return self.functions
 
 
 class FunctionCtx:

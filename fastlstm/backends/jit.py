@@ -22,14 +22,13 @@ How it is fast:
 - The backward builds its per-step coefficients in bulk over each chunk,
   leaving four pointwise ops and one GEMM(+add) per step.
 """
-import threading
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._common import (FunctionCtx, differentiable_backward, needs_autograd, reference_grads, script_quietly,
+from ._common import (FunctionCtx, ScriptedOnce, differentiable_backward, needs_autograd, reference_grads,
                       transforms_active)
 from .reference import lstm_layer_reference
 
@@ -477,18 +476,8 @@ def _backward(
     return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
 
 
-_LOCK = threading.Lock()
-_SCRIPTED: Optional[Tuple[object, object]] = None
-
-
-def _scripted():
-    """(forward, backward) as ScriptFunctions, compiled once on first use."""
-    global _SCRIPTED
-    if _SCRIPTED is None:
-        with _LOCK:
-            if _SCRIPTED is None:
-                _SCRIPTED = (script_quietly(_forward), script_quietly(_backward))
-    return _SCRIPTED
+# (forward, backward) as ScriptFunctions, compiled once on first use.
+_scripted = ScriptedOnce(_forward, _backward)
 
 
 def _prepare(w_ih, w_hh, b_ih, b_hh, w_hr):

@@ -28,13 +28,12 @@ the least it can per call:
 Past first derivatives (create_graph, torch.func), the layer's rules apply:
 see `fastlstm.backends.jit`.
 """
-import threading
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from ._common import differentiable_backward, needs_autograd, reference_grads, script_quietly, transforms_active
+from ._common import ScriptedOnce, differentiable_backward, needs_autograd, reference_grads, transforms_active
 from .reference import lstm_cell_reference
 
 __all__ = ["lstm_cell_jit", "LSTMCellJitFunction"]
@@ -126,18 +125,8 @@ def _cell_backward(
     return dx, dh, dc_prev, dw_ih, dw_hh, db
 
 
-_LOCK = threading.Lock()
-_SCRIPTED: Optional[Tuple[object, object]] = None
-
-
-def _scripted():
-    """(forward, backward) as ScriptFunctions, compiled once on first use."""
-    global _SCRIPTED
-    if _SCRIPTED is None:
-        with _LOCK:
-            if _SCRIPTED is None:
-                _SCRIPTED = (script_quietly(_cell_forward), script_quietly(_cell_backward))
-    return _SCRIPTED
+# (forward, backward) as ScriptFunctions, compiled once on first use.
+_scripted = ScriptedOnce(_cell_forward, _cell_backward)
 
 
 class LSTMCellJitFunction(torch.autograd.Function):
