@@ -221,11 +221,12 @@ class LSTMCell(nn.LSTMCell):
         if weights is not None:
             # A cell stepped from Python pays this every step: the checks that
             # keep answers right (shapes, c's dtype, no autocast) in a few
-            # attribute reads. What they do not cover fails inside the step
-            # and is diagnosed by the full path below, which raises torch's error.
+            # attribute reads. What they do not cover (devices, the weights'
+            # dtype) fails inside the step, whatever the backend raises, and is
+            # diagnosed by the full path below, which raises torch's error.
             try:
                 return functional._cell(input, hx[0], hx[1], *weights, self.backend)
-            except RuntimeError:
+            except Exception:  # noqa: BLE001 - rediagnosed (or raised again) below
                 pass
         if _fx_tracing(input, hx):
             return _fx_leaf(self, input, hx)
