@@ -93,7 +93,6 @@ def resolve_backend(name: str, x: Tensor) -> Callable:
     return lstm_layer_reference
 
 
-
 # [lstm_cell_jit] once it has been imported (at the first "jit" cell call, not at import).
 _JIT_CELL: list = []
 

@@ -217,7 +217,7 @@ class LSTMCell(nn.LSTMCell):
         return self.to_torch()  # see LSTM.__prepare_scriptable__
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        weights = _plain_cell_call(self, input, hx)
+        weights = _fast_cell_weights(self, input, hx)
         if weights is not None:
             # A cell stepped from Python pays this every step: the checks that
             # keep answers right (shapes, c's dtype, no autocast) in a few
@@ -278,7 +278,7 @@ class LSTMCell(nn.LSTMCell):
         return h, c
 
 
-def _plain_cell_call(cell: "LSTMCell", input, hx) -> Optional[tuple]:
+def _fast_cell_weights(cell: "LSTMCell", input, hx) -> Optional[tuple]:
     """The cell's (w_ih, w_hh, b_ih, b_hh) when an LSTMCell call is the common
     case the fast path takes, else None. The common case: batched plain
     tensors, (h, c) given with the right shapes, c in the input's dtype, no

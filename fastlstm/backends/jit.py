@@ -560,7 +560,7 @@ class LSTMJitFunction(torch.autograd.Function):
         plain = _plain(B, c0.shape[1], save)
         ctx.unscaled = not plain and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr)
         if ctx.unscaled:
-            # Weights whose power-of-two scalings would overflow: the plain
+            # Weights whose power-of-two scalings would overflow: the reference
             # loop, forward here and (recomputed) in the backward.
             with torch.no_grad():
                 result = lstm_layer_reference(*inputs, batch_sizes)
