@@ -18,8 +18,8 @@ DESCRIPTION = (
     "fastlstm: a drop-in torch.nn.LSTM / nn.LSTMCell that computes the LSTM itself. On CUDA it runs "
     "persistent Triton kernels: measured on an H200, 1.2-5.3x faster than cuDNN's standard path (bf16, fp32) "
     "at batch 1-32 and hidden 256-1024, but slower than cuDNN's persistent fp16 kernel and at batch 64 and "
-    "up. On the CPU it is a TorchScript fallback: 0.24-1.05x the speed of nn.LSTM (oneDNN), near even in "
-    "LSTMCell loops. `fastlstm profile` measures it on your machine."
+    "up. On the CPU it is a TorchScript fallback: 0.24-1.05x the speed of nn.LSTM (oneDNN) at hidden 256, "
+    "less at tiny hidden sizes, near even in LSTMCell loops. `fastlstm profile` measures it on your machine."
 )
 EPILOG = "Without a command, fastlstm prints this help and exits with status 0."
 
