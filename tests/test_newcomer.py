@@ -274,3 +274,32 @@ def test_a_subclass_that_cannot_be_combined_is_named_in_a_warning():
     with pytest.warns(UserWarning, match=r"left 1 \(.*Final\) as it is.*Final is not meant to be subclassed"):
         fastlstm.convert(model)
     assert type(model[0]) is fastlstm.LSTM and type(model[1]) is Final
+
+
+# --- a long demo shows its progress ----------------------------------------------------------
+
+def test_charlm_shows_progress_like_the_profile(capsys):
+    from fastlstm import demos
+
+    lines = []
+    text = demos.stdlib_corpus(2000)
+    demos.charlm(text=text, epochs=3, hidden=16, batch=4, steps=20, timing_rounds=1, sample_chars=5,
+                 backend="reference", log=lines.append, show_progress=True)
+    epochs = [line for line in lines if line.startswith("epoch")]
+    assert len(epochs) == 3, lines
+    for line in epochs:
+        # "epoch   2  perplexity ...  tokens/s  | 0:01 elapsed, about 0:02 left"
+        assert "| " in line and " elapsed, about " in line and line.endswith(" left"), line
+    # Not a terminal here: no bar; plain lines only while an epoch runs (at least 10 s
+    # apart), none repeating an epoch's end, which its own line carries.
+    printed = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("[") and "epochs] epoch" in line and ": done" not in line for line in printed), printed
+
+
+def test_the_demo_command_turns_progress_on(monkeypatch):
+    from fastlstm import demos
+
+    seen = {}
+    monkeypatch.setattr(demos, "charlm", lambda **kwargs: seen.update(kwargs))
+    assert _main(["demo", "charlm", "--quick"]) == 0
+    assert seen["show_progress"] is True

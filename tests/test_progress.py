@@ -112,3 +112,18 @@ def test_progress_line_uses_the_plan(monkeypatch):
     # before the plan has two groups of a series: the work units (1 of 3 done in 1 s)
     assert lines[0] == "[1/3 rows] a T=16: done | 0:01 elapsed, about 0:02 left", lines
     assert lines[1] == "[2/3 rows] a T=32: done | 0:03 elapsed, about 0:04 left", lines
+
+
+def test_the_rich_bar_shows_the_plans_estimate(monkeypatch):
+    pytest.importorskip("rich")
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    plan = [Group("a", 16, 1), Group("a", 32, 1), Group("a", 64, 1)]
+    bar = ProgressLine(total_rows=3, total_work=3, stream=io.StringIO(), use_rich=True, plan=plan)
+    left_column = bar._bar.columns[-1]
+    task = bar._bar.tasks[0]
+    assert str(left_column.render(task)) == "left: not known yet"
+    for seconds in (1.0, 2.0):
+        clock[0] += seconds
+        bar.update("a: done", 1, 1)
+    assert str(left_column.render(task)) == "about 0:04 left"
