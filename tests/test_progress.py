@@ -5,7 +5,7 @@ import io
 import pytest
 
 from fastlstm.profile import progress
-from fastlstm.profile.progress import Group, ProgressLine, estimate_left, profile_plan
+from fastlstm.profile.progress import Group, ProgressLine, estimate_left, profile_plan, time_left
 from fastlstm.profile.run import count_work
 
 NAMES = ["jit", "torch", "tutorial", "scripted"]  # the CPU default: fastlstm's jit and the baselines
@@ -22,11 +22,20 @@ def _default_plan():
     return profile_plan(SHAPES, MODES, SEQ_LENS, NAMES, SLOW_MAX)
 
 
+def _units(plan):
+    # count_work's units of each group (a group's skipped backends count too, as in the run)
+    return [count_work([g.series[-1]], [g.seq_len], g.series[3], 4, REPEATS, True) for g in plan]
+
+
 def _old_estimate(plan, finished):
     """The estimate before the fix: elapsed time scaled by count_work's units left over done."""
-    units = [count_work([g.series[-1]], [g.seq_len], g.series[3], g.backends, REPEATS, True) for g in plan]
-    done = sum(units[:len(finished)])
-    return sum(finished) * (sum(units) - done) / done
+    return time_left(None, finished, 0.0, sum(finished), sum(_units(plan)[:len(finished)]), sum(_units(plan)))
+
+
+def _shown(plan, finished):
+    """What the progress line shows at the end of the last finished group."""
+    units = _units(plan)
+    return time_left(plan, finished, 0.0, sum(finished), sum(units[:len(finished)]), sum(units))
 
 
 def _ratios(plan, seconds, estimate):
@@ -52,11 +61,13 @@ def test_recorded_run_estimates_stay_within_half_of_the_truth():
     plan = _default_plan()
     new = _ratios(plan, RECORDED, estimate_left)
     old = _ratios(plan, RECORDED, _old_estimate)
+    shown = _ratios(plan, RECORDED, _shown)[2:]  # from the third group: the plan's first estimate
     # The old estimate overshot by more than half (the fault); the new one does not,
     # nor does it undershoot by as much.
     assert max(old) > 1.5, old
     assert len(new) >= len(RECORDED) - 3, "the estimate should be known after the second group"
     assert all(0.6 <= r <= 1.5 for r in new), [round(r, 2) for r in new]
+    assert all(0.6 <= r <= 1.5 for r in shown), [round(r, 2) for r in shown]
 
 
 # Until a series has two groups measured, its growth with T is another series' times
@@ -99,7 +110,8 @@ def test_progress_line_uses_the_plan(monkeypatch):
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
     plan = [Group("a", 16, 1), Group("a", 32, 1), Group("a", 64, 1)]
     out = io.StringIO()
-    with ProgressLine(total_rows=3, total_work=3, stream=out, use_rich=False, plan=plan) as bar:
+    # work units that would say far more: the plan's estimate is the smaller
+    with ProgressLine(total_rows=3, total_work=30, stream=out, use_rich=False, plan=plan) as bar:
         clock[0] += 1.0
         bar.update("a T=16: done", 1, 1)
         clock[0] += 2.0
@@ -109,8 +121,8 @@ def test_progress_line_uses_the_plan(monkeypatch):
         clock[0] += 1.0
         assert bar.left() == pytest.approx(3.0)
     lines = out.getvalue().splitlines()
-    # before the plan has two groups of a series: the work units (1 of 3 done in 1 s)
-    assert lines[0] == "[1/3 rows] a T=16: done | 0:01 elapsed, about 0:02 left", lines
+    # before the plan has two groups of a series: the work units (1 of 30 done in 1 s)
+    assert lines[0] == "[1/3 rows] a T=16: done | 0:01 elapsed, about 0:29 left", lines
     assert lines[1] == "[2/3 rows] a T=32: done | 0:03 elapsed, about 0:04 left", lines
 
 
@@ -119,7 +131,7 @@ def test_the_rich_bar_shows_the_plans_estimate(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
     plan = [Group("a", 16, 1), Group("a", 32, 1), Group("a", 64, 1)]
-    bar = ProgressLine(total_rows=3, total_work=3, stream=io.StringIO(), use_rich=True, plan=plan)
+    bar = ProgressLine(total_rows=3, total_work=30, stream=io.StringIO(), use_rich=True, plan=plan)
     left_column = bar._bar.columns[-1]
     task = bar._bar.tasks[0]
     assert str(left_column.render(task)) == "left: not known yet"

@@ -3,10 +3,11 @@ estimate of the time left. A rich bar on a terminal when rich is installed; plai
 lines otherwise (a log, a pipe, no rich): one per finished group of rows, and one
 at least every `plain_every_s` seconds while a group runs.
 
-The time left comes from what the run has measured so far (`estimate_left`): each
-group of rows still to come (one mode and T of one shape) is predicted from the
-groups already finished, per backend timed in it, rather than from a fixed guess of
-how cost grows with T and B, which set the early estimates off by twofold."""
+The time left comes from what the run has measured so far (`time_left`): each group
+of rows still to come (one mode and T of one shape) is predicted from the groups
+already finished (`estimate_left`), bounded by the elapsed time scaled by the work
+units left. The work units alone (a fixed guess of how cost grows with T and B)
+made early estimates of the default CPU run twice too long."""
 import sys
 import time
 from typing import Dict, Hashable, List, NamedTuple, Optional, Sequence, TextIO, Tuple
@@ -77,13 +78,13 @@ def estimate_left(plan: Sequence[Group], finished: Sequence[float], current_s: f
     took `finished` seconds each and the next has run for `current_s`; None until
     some series (one shape and mode) has two groups measured.
 
-    Costs are per backend timed. A group's cost grows with T along a line; its
-    slope is measured where the series has two groups (through the two of
-    largest T), else taken from the measured series with the most groups and
-    scaled by the two series' priors. The line starts from the series' own
-    group of largest T, or, for a series not started yet, from that other
-    series' group of smallest T (the cost that does not grow with T: checks,
-    warm-ups, the shortest timing samples, a memory probe).
+    Costs are per backend timed. A group's cost grows with T along a line. Its
+    slope is the series' own, through its two groups of largest T, when that
+    rises; else it is a reference series' (one of the same kind, the most
+    measured) scaled by the two series' priors. The line starts from the
+    series' own group of largest T, or, for a series not started yet, from the
+    reference's group of smallest T (the cost that does not grow with T:
+    checks, warm-ups, the shortest timing samples, a memory probe).
 
     Example:
         >>> plan = [Group("a", 16, 2), Group("a", 64, 2), Group("a", 256, 2)]
@@ -100,8 +101,8 @@ def estimate_left(plan: Sequence[Group], finished: Sequence[float], current_s: f
         return None
     # The series whose slope stands in where a series has no rising pair of groups
     # yet (fewer than two, or a first group inflated by one-off costs: imports,
-    # first compilations, starting the memory probe's process).
-    # Of the same kind (mode) if one is measured, then the most measured.
+    # first compilations, starting the memory probe's process): one of the same
+    # kind (mode) if there is one, then the most measured.
     def reference(g: Group) -> Hashable:
         return max(sloped, key=lambda s: (kinds[s] == g.kind, len(points[s])))
 
@@ -124,15 +125,35 @@ def estimate_left(plan: Sequence[Group], finished: Sequence[float], current_s: f
     return left
 
 
+def time_left(plan: Optional[Sequence[Group]], finished: Sequence[float], current_s: float, elapsed: float,
+              work: float, total_work: float) -> Optional[float]:
+    """The estimate a progress line shows: the smaller of `estimate_left` (from the
+    plan's groups, when it has something to go on) and the elapsed time scaled by the
+    work units left over those done (see `run.count_work`); None before either is known.
+
+    Each of the two overshoots where the other does not: the work units weigh T*B
+    by a fixed rule, which on the CPU made early estimates twice too long; a group
+    slowed by a burst of load from other processes makes the plan's line through it
+    too steep, while the work units average over the whole run.
+
+    Example:
+        >>> time_left(None, [], 0.0, elapsed=10.0, work=1.0, total_work=4.0)
+        30.0
+    """
+    by_work = elapsed * max(0.0, total_work - work) / work if work > 0 else None
+    by_plan = estimate_left(plan, finished, current_s) if plan is not None else None
+    known = [v for v in (by_plan, by_work) if v is not None]
+    return min(known) if known else None
+
+
 class ProgressLine:
     """Counts rows and work units (see `run.count_work`); `update(what, work, rows)` is
     the `progress` callback of `run_profile`. Used as a context manager.
 
     With `plan` (see `profile_plan`), an update with `rows` ends a group of the plan,
-    and the time left is `estimate_left` from the groups' measured times once it
-    has something to go on. Before that, and without a plan, the time left is the
-    elapsed time scaled by the work left over the work done (right for work of even
-    cost, such as a demo's epochs).
+    and the time left is `time_left`: `estimate_left` from the groups' measured times,
+    bounded by the elapsed time scaled by the work left over the work done. Without a
+    plan it is the latter alone (right for work of even cost, such as a demo's epochs).
 
     Example:
         >>> import io
@@ -187,14 +208,8 @@ class ProgressLine:
 
     def left(self) -> Optional[float]:
         """Estimated seconds left, or None before anything is measured."""
-        if self.plan is not None:
-            left = estimate_left(self.plan, self.group_seconds, time.perf_counter() - self._group_start)
-            if left is not None:
-                return left
-            # Too early for the plan (no cost rising with T measured yet): the work units.
-        if self.work <= 0:
-            return None
-        return self.elapsed() * max(0.0, self.total_work - self.work) / self.work
+        return time_left(self.plan, self.group_seconds, time.perf_counter() - self._group_start, self.elapsed(),
+                         self.work, self.total_work)
 
     def times(self) -> str:
         """'M:SS elapsed, about M:SS left' (or that the time left is not known yet)."""
