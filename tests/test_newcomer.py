@@ -293,7 +293,7 @@ def test_charlm_shows_progress_like_the_profile(capsys):
     # Not a terminal here: no bar; plain lines only while an epoch runs (at least 10 s
     # apart), none repeating an epoch's end, which its own line carries.
     printed = capsys.readouterr().out.splitlines()
-    assert all(line.startswith("[") and "epochs] epoch" in line and ": done" not in line for line in printed), printed
+    assert all(line.startswith("[") and " epochs] " in line and ": done" not in line for line in printed), printed
 
 
 def test_the_demo_command_turns_progress_on(monkeypatch):
