@@ -282,8 +282,8 @@ def test_charlm_shows_progress_like_the_profile(capsys):
     from fastlstm import demos
 
     lines = []
-    text = demos.stdlib_corpus(2000)
-    demos.charlm(text=text, epochs=3, hidden=16, batch=4, steps=20, timing_rounds=1, sample_chars=5,
+    text = demos.stdlib_corpus(1000)
+    demos.charlm(text=text, epochs=3, hidden=8, batch=4, steps=10, timing_rounds=1, sample_chars=5,
                  backend="reference", log=lines.append, show_progress=True)
     epochs = [line for line in lines if line.startswith("epoch")]
     assert len(epochs) == 3, lines
