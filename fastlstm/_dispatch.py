@@ -6,7 +6,7 @@ import Triton. The Triton backend is imported the first time it is chosen.
 import functools
 import importlib.util
 import os
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -23,21 +23,22 @@ def check_backend_name(name: object) -> str:
     return name
 
 
-def triton_unavailable_reason(x: Tensor) -> Optional[str]:
-    """Why the Triton backend cannot run on `x`, or None when it can."""
+def triton_unavailable_reason(x) -> Optional[str]:
+    """Why the Triton backend cannot run on `x` (a tensor or a device), or None when it can."""
+    device = x.device if isinstance(x, Tensor) else torch.device(x)
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if x.device.type == "cpu" and not interpret:
+    if device.type == "cpu" and not interpret:
         return (
             "the input is on the CPU, where Triton kernels run only under the "
             "interpreter (set TRITON_INTERPRET=1 before importing fastlstm); "
             "use backend='jit' for CPU tensors"
         )
-    if x.device.type not in ("cpu", "cuda"):
-        return f"Triton does not run on device type {x.device.type!r}"
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton does not run on device type {device.type!r}"
     if importlib.util.find_spec("triton") is None:
         return "the 'triton' package is not installed (pip install 'fastlstm[triton]')"
-    if x.device.type == "cuda" and not interpret:
-        return _cuda_unsupported_reason(x.device.index)
+    if device.type == "cuda" and not interpret:
+        return _cuda_unsupported_reason(device.index)
     return None
 
 
@@ -52,8 +53,24 @@ def _cuda_unsupported_reason(index: Optional[int]) -> Optional[str]:
     return None
 
 
-def available_backends(x: Tensor) -> list:
-    """The backend names that can run on `x` (always includes 'jit' and 'reference')."""
+def available_backends(x: Union[Tensor, torch.device, str, None] = None) -> List[str]:
+    """The values of `backend=` that can run here, for tensors like `x`.
+
+    `x` is a tensor, a device or a device string; None (the default) means
+    this machine's usual device: CUDA when `torch.cuda.is_available()`, else
+    the CPU (asking is when that is probed, never at import). "auto", "jit"
+    and "reference" always run; "triton" is listed when it can run on that
+    device (CUDA with Triton installed and compute capability 7.5 or newer, or
+    the CPU under `TRITON_INTERPRET=1`); `triton_unavailable_reason(x)` says
+    why not otherwise. A backend left out raises a RuntimeError naming the
+    reason when a module is asked for it.
+
+    Example:
+        >>> available_backends(torch.device("cpu"))  # without TRITON_INTERPRET=1
+        ['auto', 'jit', 'reference']
+    """
+    if x is None:
+        x = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = ["auto", "jit", "reference"]
     if triton_unavailable_reason(x) is None:
         names.insert(2, "triton")

@@ -14,6 +14,7 @@ Each demo is a function that returns what it measured, so tests can run it
 (and run it again with torch.nn in place of fastlstm to compare curves).
 """
 import argparse
+import contextlib
 import glob
 import importlib.util
 import math
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from .baselines import TutorialLSTM
 from .modules import LSTM, LSTMCell
+from .profile.progress import ProgressLine
 
 _Log = Optional[Callable[[str], None]]
 
@@ -228,7 +230,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_side_by_side(models: Dict[str, _CharModel], opts: dict, batches, clip: float,
-                       device: torch.device, rounds: int) -> Dict[str, List[float]]:
+                       device: torch.device, rounds: int,
+                       on_round: Optional[Callable[[int], None]] = None) -> Dict[str, List[float]]:
     """Seconds per training step for each model, interleaved batch by batch.
 
     Every model trains on the same batch before the next batch is drawn, and
@@ -248,6 +251,8 @@ def _time_side_by_side(models: Dict[str, _CharModel], opts: dict, batches, clip:
             _sync(device)
             if r > 0:
                 times[name].append(time.perf_counter() - t0)
+        if on_round is not None:
+            on_round(r)
     return times
 
 
@@ -288,6 +293,7 @@ def charlm(
     seed: int = 0,
     quick: bool = False,
     log: _Log = print,
+    show_progress: bool = False,
 ) -> Dict[str, object]:
     """Train a character-level LSTM language model and time it against torch.
 
@@ -298,6 +304,9 @@ def charlm(
     carried (detached) from one batch to the next within an epoch.
     `text` defaults to `stdlib_corpus(max_chars)`. `quick` shrinks the run
     (40 kB, 4 epochs, 5 timing rounds) to finish in seconds on a CPU.
+    `show_progress` shows the run's progress as `fastlstm profile` does (a
+    rich bar on a terminal, else a line at least every 10 s while an epoch
+    runs), and each epoch's line ends with the time elapsed and left.
 
     After training, copies of the trained weights in fastlstm.LSTM,
     torch.nn.LSTM and a per-gate TutorialLSTM are checked to give the same
@@ -337,42 +346,22 @@ def charlm(
     _say(log, f"corpus: {len(text):,} characters, vocabulary {V}; LSTM hidden {hidden}, batch {batch}, "
               f"{steps} steps, {optimizer}, clip {clip}, backend {backend!r}, device {dev}")
 
-    gen = torch.Generator().manual_seed(seed)
-    perplexity, epoch_tps = [], []
-    for epoch in range(epochs):
-        offset = int(torch.randint(0, steps, (1,), generator=gen))
-        state, total, count = None, 0.0, 0
-        _sync(dev)
-        t0 = time.perf_counter()
-        for X, Y in _batches(ids, batch, steps, offset):
-            X, Y = X.to(dev), Y.to(dev)
-            loss, state = _train_step(model, opt, X, Y, state, clip)
-            state = (state[0].detach(), state[1].detach())
-            total += loss.item() * Y.numel()
-            count += Y.numel()
-        _sync(dev)
-        elapsed = time.perf_counter() - t0
-        perplexity.append(math.exp(total / count))
-        epoch_tps.append(count / elapsed)
-        _say(log, f"epoch {epoch + 1:3d}  perplexity {perplexity[-1]:8.3f}  {epoch_tps[-1]:9,.0f} tokens/s")
+    with contextlib.ExitStack() as stack:
+        bar = None
+        if show_progress:
+            # Work units: training batches, and the side-by-side timing's steps
+            # after training (the tutorial loop's step costs about two).
+            per_epoch = max(1, (len(ids) - steps) // batch // steps)
+            bar = stack.enter_context(ProgressLine(
+                epochs, epochs * per_epoch + 4 * (timing_rounds + 1), unit="epochs", line_per_row=False))
+        perplexity, epoch_tps = _train_epochs(model, opt, ids, epochs, batch, steps, clip, seed, dev, log, bar)
 
-    model.eval()
-    sample = _sample(model, prefix, sample_chars, stoi, itos, temperature, seed, dev)
-    model.train()
+        model.eval()
+        sample = _sample(model, prefix, sample_chars, stoi, itos, temperature, seed, dev)
+        model.train()
+        times = _time_contenders(model, opt, V, hidden, optimizer, lr, ids, batch, steps, clip, dev, timing_rounds,
+                                 bar)
 
-    # Side by side: copies of the trained weights in each implementation.
-    plain = nn.LSTM(V, hidden).to(dev)
-    plain.load_state_dict(model.rnn.state_dict())
-    contenders = {
-        "fastlstm": model,
-        "torch.nn.LSTM": _wrap_like(plain, model),
-        "tutorial loop": _wrap_like(TutorialLSTM.from_lstm(plain), model),
-    }
-    timing_batches = list(_batches(ids, batch, steps, 0))
-    _check_agree(contenders, timing_batches[0][0].to(dev))
-    opts = {name: _make_optimizer(optimizer, m.parameters(), lr) for name, m in contenders.items()}
-    opts["fastlstm"] = opt
-    times = _time_side_by_side(contenders, opts, timing_batches, clip, dev, timing_rounds)
     tokens = batch * steps
     tps = {name: tokens / statistics.median(ts) for name, ts in times.items() if ts}
     _say(log, f"training tokens/s (forward, backward, clip, step), median of {len(times['fastlstm'])} "
@@ -395,6 +384,56 @@ def charlm(
         "vocab": V,
         "chars": len(text),
     }
+
+
+def _train_epochs(model: _CharModel, opt, ids: Tensor, epochs: int, batch: int, steps: int, clip: float, seed: int,
+                  dev: torch.device, log: _Log, bar: Optional[ProgressLine]) -> Tuple[List[float], List[float]]:
+    """Train for `epochs`; returns (perplexity, training tokens/s), one per epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    perplexity, epoch_tps = [], []
+    for epoch in range(epochs):
+        offset = int(torch.randint(0, steps, (1,), generator=gen))
+        state, total, count = None, 0.0, 0
+        _sync(dev)
+        t0 = time.perf_counter()
+        for i, (X, Y) in enumerate(_batches(ids, batch, steps, offset)):
+            X, Y = X.to(dev), Y.to(dev)
+            loss, state = _train_step(model, opt, X, Y, state, clip)
+            state = (state[0].detach(), state[1].detach())
+            total += loss.item() * Y.numel()
+            count += Y.numel()
+            if bar is not None:
+                bar.update(f"epoch {epoch + 1}, batch {i + 1}", 1)
+        _sync(dev)
+        elapsed = time.perf_counter() - t0
+        perplexity.append(math.exp(total / count))
+        epoch_tps.append(count / elapsed)
+        line = f"epoch {epoch + 1:3d}  perplexity {perplexity[-1]:8.3f}  {epoch_tps[-1]:9,.0f} tokens/s"
+        if bar is not None:
+            bar.update(f"epoch {epoch + 1}: done", 0, 1)
+            line = f"{line}  | {bar.times()}"
+        _say(log, line)
+    return perplexity, epoch_tps
+
+
+def _time_contenders(model: _CharModel, opt, V: int, hidden: int, optimizer: str, lr: Optional[float], ids: Tensor,
+                     batch: int, steps: int, clip: float, dev: torch.device, rounds: int,
+                     bar: Optional[ProgressLine]) -> Dict[str, List[float]]:
+    """Side by side: copies of the trained weights in each implementation, checked to
+    agree, then timed step by step (`_time_side_by_side`)."""
+    plain = nn.LSTM(V, hidden).to(dev)
+    plain.load_state_dict(model.rnn.state_dict())
+    contenders = {
+        "fastlstm": model,
+        "torch.nn.LSTM": _wrap_like(plain, model),
+        "tutorial loop": _wrap_like(TutorialLSTM.from_lstm(plain), model),
+    }
+    timing_batches = list(_batches(ids, batch, steps, 0))
+    _check_agree(contenders, timing_batches[0][0].to(dev))
+    opts = {name: _make_optimizer(optimizer, m.parameters(), lr) for name, m in contenders.items()}
+    opts["fastlstm"] = opt
+    on_round = None if bar is None else (lambda r: bar.update(f"timing, round {r + 1} of {rounds + 1}", 4))
+    return _time_side_by_side(contenders, opts, timing_batches, clip, dev, rounds, on_round)
 
 
 @torch.no_grad()
@@ -511,7 +550,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """
     demo = subparsers.add_parser("demo", help="run the tutorials' workloads on fastlstm",
                                  description="The workloads LSTM tutorials teach with, run on fastlstm.")
-    sub = demo.add_subparsers(dest="demo", required=True)
+    # `fastlstm demo` alone prints this help (exit status 0), as plain `fastlstm` does.
+    demo.set_defaults(func=lambda args: demo.print_help() or 0)
+    sub = demo.add_subparsers(dest="demo", metavar="{sincos,charlm,toy}")
     backends = ("auto", "jit", "triton", "reference")
 
     p = sub.add_parser("sincos", help="regress cos(t) from sin(t); saves a plot")
@@ -572,7 +613,7 @@ def _run_charlm(args) -> int:
     try:
         charlm(text=text, epochs=args.epochs, backend=args.backend, device=str(device), optimizer=args.optimizer,
                lr=args.lr, max_chars=args.max_chars, prefix=args.prefix, temperature=args.temperature,
-               seed=args.seed, quick=args.quick)
+               seed=args.seed, quick=args.quick, show_progress=True)
     except ValueError as e:  # a text too short for one batch, a prefix outside its characters
         raise _fail("charlm", str(e))
     return 0

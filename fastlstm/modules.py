@@ -6,6 +6,8 @@ and `isinstance` checks are exactly torch's. Only `forward` differs: it runs
 a fastlstm backend instead of torch's LSTM kernels.
 """
 import contextlib
+import functools
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -288,6 +290,10 @@ def _fast_cell_weights(cell: "LSTMCell", input, hx) -> Optional[tuple]:
     left to the step itself, which raises on them."""
     if type(input) is not Tensor or type(hx) is not tuple or len(hx) != 2:
         return None
+    # Before any shape test: under torch.jit.trace sizes are traced values, and
+    # comparing them would warn (TracerWarning) and bake the shapes into the graph.
+    if torch._C._get_tracing_state() is not None:
+        return None
     h, c = hx
     if type(h) is not Tensor or type(c) is not Tensor or input.dim() != 2:
         return None
@@ -295,7 +301,7 @@ def _fast_cell_weights(cell: "LSTMCell", input, hx) -> Optional[tuple]:
     H = cell.hidden_size
     if not (I == cell.input_size and h.shape == (B, H) and c.shape == (B, H) and c.dtype == input.dtype
             and input.is_floating_point() and not torch._C._is_any_autocast_enabled()
-            and torch._C._get_tracing_state() is None and not torch.compiler.is_compiling()):
+            and not torch.compiler.is_compiling()):
         return None
     # `_parameters` directly: nn.Module.__getattr__ costs ~0.8 us a name.
     params = cell._parameters
@@ -406,30 +412,55 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
     .parametrize) carry on working. A module that is already a fastlstm one is
     left as it is. Returns `model`.
 
+    `backend` is set on every converted module, as `fastlstm.LSTM(...,
+    backend=...)` would: "auto" (the default: Triton for CUDA tensors when it
+    can run, else "jit"), "jit", "triton" or "reference"; see
+    `fastlstm.available_backends()`.
+
+    A subclass of nn.LSTM / nn.LSTMCell (`class MyLSTM(nn.LSTM)`) is converted
+    too: its class becomes one deriving from both the user's class and
+    fastlstm's (in that order), so methods it overrides still run, its
+    `super().forward(...)` reaches fastlstm's forward, `isinstance(m, MyLSTM)`
+    holds and its `state_dict` is unchanged. One whose class cannot be
+    combined with fastlstm's is left alone, with a warning naming it and why.
+
     Example:
         >>> model = torch.nn.Sequential(torch.nn.LSTM(10, 20))
         >>> convert(model)[0]
         LSTM(10, 20)
     """
     check_backend_name(backend)
-    for module in model.modules():
-        _swap(module, backend)
+    for name, module in model.named_modules():
+        _swap(module, backend, name or type(model).__name__)
     return model
 
 
-def _swap(module: nn.Module, backend: str) -> None:
-    if isinstance(module, (LSTM, LSTMCell)):
+def _swap(module: nn.Module, backend: str, where: str) -> None:
+    if isinstance(module, (LSTM, LSTMCell)) or not isinstance(module, (nn.LSTM, nn.LSTMCell)):
         return
     cls = type(module)
-    for torch_cls, ours in ((nn.LSTM, LSTM), (nn.LSTMCell, LSTMCell)):
-        if cls is torch_cls:
-            module.__class__ = ours
-        elif cls.__bases__ == (torch_cls,) and parametrize.is_parametrized(module):
-            module.__class__ = _parametrized_class(cls, ours)
-        else:
-            continue
-        module.backend = backend
+    try:
+        module.__class__ = _fast_class(cls, parametrize.is_parametrized(module))
+    except TypeError as e:  # a class Python cannot combine with ours (layout, metaclass, MRO, __init_subclass__)
+        warnings.warn(
+            f"fastlstm.convert: left {where} ({cls.__module__}.{cls.__qualname__}) as it is, running torch's "
+            f"LSTM: its class cannot be combined with fastlstm's ({e})", stacklevel=3)
         return
+    module.backend = backend
+
+
+def _fast_class(cls: type, parametrized: bool) -> type:
+    """fastlstm's counterpart of `cls`, a torch.nn.LSTM or nn.LSTMCell class or a subclass."""
+    if cls is nn.LSTM:
+        return LSTM
+    if cls is nn.LSTMCell:
+        return LSTMCell
+    if parametrized:
+        # torch.nn.utils.parametrize gave the module a class of its own over the
+        # module's original class (one base); convert that base, then rebuild it.
+        (base,) = cls.__bases__
+        return _parametrized_class(cls, _fast_class(base, False))
+    return _converted_subclass(cls, LSTM if issubclass(cls, nn.LSTM) else LSTMCell)
 
 
 def _parametrized_class(cls: type, ours: type) -> type:
@@ -439,6 +470,33 @@ def _parametrized_class(cls: type, ours: type) -> type:
     parametrisation later leaves a fastlstm module."""
     namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
     return type(cls.__name__, (ours,), namespace)
+
+
+@functools.lru_cache(maxsize=None)
+def _converted_subclass(user_cls: type, ours: type) -> type:
+    """A class deriving from the user's subclass of nn.LSTM (nn.LSTMCell) and
+    from fastlstm's: its MRO is [it, user_cls, ..., ours, nn.LSTM, ...], so the
+    user's overrides come first and their super() calls reach fastlstm's
+    forward. One class per (user_cls, ours), so converted modules share it.
+    Pickling goes through `_new_converted`, since the class itself is not
+    importable by name (so `torch.load` of such a whole model needs
+    weights_only=False; its state_dict loads as before)."""
+    namespace = {
+        "__module__": user_cls.__module__,
+        "__qualname__": user_cls.__qualname__,
+        "__doc__": user_cls.__doc__,
+        "__reduce_ex__": lambda self, protocol: (_new_converted, (user_cls, ours), self.__getstate__()),
+    }
+    return type(user_cls.__name__, (user_cls, ours), namespace)
+
+
+def _new_converted(user_cls: type, ours: type) -> nn.Module:
+    """An empty instance of `_converted_subclass(user_cls, ours)` (unpickling, deepcopy)."""
+    if not (isinstance(user_cls, type) and issubclass(user_cls, (nn.LSTM, nn.LSTMCell)) and ours in (LSTM, LSTMCell)):
+        raise TypeError(f"_new_converted: expected a torch.nn.LSTM/LSTMCell subclass and fastlstm's class, got "
+                        f"{user_cls!r}, {ours!r}")
+    cls = _converted_subclass(user_cls, ours)
+    return cls.__new__(cls)
 
 
 def _lstm_settings(m: nn.LSTM) -> dict:

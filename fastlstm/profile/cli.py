@@ -20,12 +20,15 @@ from .env import LoadMonitor, busy, cores_in_use, device_name
 from .files import RESULT_FIELDS, ProfileFiles, baseline_name, write_results
 from .models import DTYPES, KNOWN_BACKENDS, SLOW_BACKENDS, default_backends, resolve_device
 from .plot import plot
-from .progress import ProgressLine
+from .progress import ProgressLine, profile_plan
 from .report import print_report
 from .run import count_work, run_profile
 from .workloads import WORKLOADS, backends_for, workload_unavailable_reason
 
 DEFAULT_OUT = "profile-out"
+# Each size of run has its own default folder, so a --quick run never overwrites
+# the default run's files (nor --full's).
+DEFAULT_OUTS = {"default": DEFAULT_OUT, "quick": f"{DEFAULT_OUT}-quick", "full": f"{DEFAULT_OUT}-full"}
 DEFAULT_INPUT = 128
 DEFAULT_HIDDEN = 256
 # What each size of run measures unless a flag says otherwise.
@@ -175,7 +178,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--threads", type=_count(), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    p.add_argument("--out", default=None,
+                   help=f"output folder; files there are overwritten (default {DEFAULT_OUTS['default']}/; --quick: "
+                        f"{DEFAULT_OUTS['quick']}/; --full: {DEFAULT_OUTS['full']}/)")
     preset = ", ".join(f"{name}: batch {'/'.join(map(str, g['batch']))}, hidden {'/'.join(map(str, g['hidden']))}, "
                        f"dtype {'/'.join(g['dtype'])}, T {','.join(map(str, g['seq_lens']))}"
                        for name, g in GRID_PRESETS.items())
@@ -240,6 +245,8 @@ def _check_backends(asked: List[str], workloads: List[str], layers: int, device:
 
 def _run_cli(args) -> int:
     st = _settings(args)
+    if args.out is None:
+        args.out = DEFAULT_OUTS[st["size"]]
     device, asked, files = _prepare(args, st)
     names = asked + ([] if "torch" in asked else ["torch"])
     threads = torch.get_num_threads()
@@ -270,7 +277,8 @@ def _run_cli(args) -> int:
     pngs: List[str] = []
     with LoadMonitor() as load:
         try:
-            with ProgressLine(total_rows, total_work) as bar:
+            plan = profile_plan(shapes, st["modes"], st["seq_lens"], names, st["slow_max_seq_len"])
+            with ProgressLine(total_rows, total_work, plan=plan) as bar:
                 for dtype, hidden in groups:
                     group_rows: List[dict] = []
                     for _, _, workload, batch in [s for s in shapes if s[:2] == (dtype, hidden)]:
