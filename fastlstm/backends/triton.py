@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import threading
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -339,29 +340,27 @@ def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dic
     Per step (and for a single step): one launch per phase and step, forward
     or, with `reverse`, backward in time.
     """
-    device = params["p_sync"].device
+    device = params["p_ws"].device
     options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
     if plan.maxnreg is not None and not _interpreting() and torch.version.hip is None:
         options["maxnreg"] = plan.maxnreg  # an NVIDIA option
     constexprs = dict(constexprs, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_R=plan.block_r,
                       BLOCK_K=plan.block_k, W_RESIDENT=plan.w_resident)
-    # A single step needs no barrier: launched step-wise it needs no check of
-    # the barrier's flag either, so the host does not wait for the GPU (an
-    # LSTMCell, or a sequence fed one step at a time).
+    # A single step needs no barrier: it is launched step-wise (an LSTMCell, or
+    # a sequence fed one step at a time).
     if plan.persistent and steps > 1:
         switches = {k: any(p[k] for p in phases) for k in phases[0]}
         per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
         if device.type == "cuda" and not _interpreting():
             options["launch_cooperative_grid"] = True
-        sync, err = params["p_sync"], params["p_err"]
         starts = list(range(0, steps, per_launch))
-        for i, t0 in enumerate(reversed(starts) if reverse else starts):
-            if i:
-                sync.zero_()
+        # Each launch leaves the workspace's counter at zero for the next one
+        # (kernels.lstm._end_launch): nothing to reset between them.
+        for t0 in reversed(starts) if reverse else starts:
             t1 = min(steps, t0 + per_launch)
             kernel[plan.grid](**params, **constexprs, **switches, t0=t0, t1=t1, max_spin=_MAX_SPIN,
                               PERSISTENT=True, **options)
-        _check_barrier(err, plan, shape)
+        _workspace_of(params["p_ws"]).launched(f"{shape}; {plan}")
         return
     grids = [plan.grid if p.get("CELL") else (plan.proj_grid,) for p in phases]
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" and not _interpreting() else None
@@ -373,19 +372,133 @@ def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dic
             launcher(t, t + 1)
 
 
-def _check_barrier(err: Tensor, plan: LaunchPlan, shape: str) -> None:
-    """Raise if a program of a persistent launch gave up waiting at a barrier.
+_TIMEOUT_MESSAGE = ("fastlstm: a barrier of the persistent Triton LSTM kernel timed out ({launches}); "
+                    "the programs of the grid were not all resident at once. That launch wrote NaN into its "
+                    "outputs (they are not valid); this error is raised at the next layer call on {device} "
+                    "after it ended. Please report this with the shape and GPU")
 
-    The check reads one int from the device, so it waits for the launch; while
-    a CUDA graph is being captured it becomes a device-side assert instead.
+
+class _Workspace:
+    """The persistent kernels' int32 workspace on one (device, stream): the
+    barrier counter, the exit count, the launch's error flag and the sticky
+    flag (`kernels.lstm._WS_*`), zeroed once here and left at zero by every
+    launch except the sticky flag, which a launch whose barrier timed out sets.
+
+    The host reads the sticky flag without waiting for the GPU: on the CPU
+    (the interpreter) straight from memory; on CUDA through a non-blocking copy
+    into pinned memory and an event, looked at (never waited for) at the next
+    layer call, which raises if the flag was set. At most one copy is in flight
+    per workspace; a call that finds it still running leaves it be, so a
+    timeout is reported at the first call after the copy that follows it ends.
     """
-    message = (f"fastlstm: a barrier of the persistent Triton LSTM kernel timed out ({shape}; {plan}); "
-               "the programs of the grid were not all resident at once. Its results are not valid. "
-               "Please report this with the shape and GPU")
-    if err.is_cuda and torch.cuda.is_current_stream_capturing():
-        torch._assert_async(err == 0, message)
-    elif int(err.item()) != 0:
-        raise RuntimeError(message)
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buf = torch.zeros(4, dtype=torch.int32, device=device)
+        if device.type == "cuda":
+            self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+            self.flag = self.host.numpy()
+        else:
+            self.host = None
+            self.flag = self.buf.numpy()[_k._WS_STICKY.value:]
+        self.event = None  # the CUDA event after the copy in flight
+        self.covered: List[str] = []  # launches the copy in flight (or the CPU flag) reports on
+        self.pending: List[str] = []  # launches since that copy was made
+        self.captured = False  # used by a CUDA graph: replays may set the flag at any time
+
+    def launched(self, what: str) -> None:
+        """Note a persistent launch just enqueued (`what`: its shape and plan)."""
+        if self.host is None:
+            self.covered.append(what)
+            return
+        if torch.cuda.is_current_stream_capturing():
+            self.captured = True
+            what = f"{what} (in a CUDA graph)"
+        if what not in self.pending and len(self.pending) < 4:
+            self.pending.append(what)
+        self._copy()
+
+    def _copy(self) -> None:
+        if self.event is not None or torch.cuda.is_current_stream_capturing():
+            return
+        self.host.copy_(self.buf[_k._WS_STICKY.value:], non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+        self.covered, self.pending = self.pending, []
+
+    def check(self) -> None:
+        """Raise if a launch covered by a finished read set the sticky flag (then
+        clear it); never waits for the device."""
+        if self.event is not None:
+            if not self.event.query():
+                return
+            self.event = None
+        if int(self.flag[0]):
+            launches = "; ".join(self.covered) or "a launch on this device"
+            self.flag[0] = 0
+            if self.host is not None:
+                self.buf[_k._WS_STICKY.value:].zero_()
+            self.covered = []
+            raise RuntimeError(_TIMEOUT_MESSAGE.format(launches=launches, device=self.device))
+        self.covered = []
+        if self.host is not None and (self.pending or self.captured) and \
+                not torch.cuda.is_current_stream_capturing():
+            self._copy()
+
+
+# (device, stream) -> its _Workspace; buffer pointer -> the same _Workspace.
+_WORKSPACES: Dict[Tuple[torch.device, int], _Workspace] = {}
+_BY_POINTER: Dict[int, _Workspace] = {}
+_WORKSPACE_LOCK = threading.Lock()
+
+
+def _workspace(device: torch.device) -> _Workspace:
+    """The workspace of `device`'s current stream (made on first use), after
+    raising any barrier timeout reported since the last call on `device`.
+
+    One per stream, because a launch resets its counter only at its end: two
+    persistent launches must never share one at the same time.
+    """
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        with _WORKSPACE_LOCK:
+            ws = _WORKSPACES.get(key)
+            if ws is None:
+                ws = _Workspace(device)
+                _BY_POINTER[ws.buf.data_ptr()] = ws
+                _WORKSPACES[key] = ws
+    _check_barriers(device)
+    return ws
+
+
+def _workspace_of(buf: Tensor) -> _Workspace:
+    return _BY_POINTER[buf.data_ptr()]
+
+
+def _check_barriers(device: torch.device) -> None:
+    """Raise the named RuntimeError if a persistent launch on `device` timed out
+    at a barrier and this is the first call to see it (see `_Workspace`)."""
+    for (dev, _), ws in list(_WORKSPACES.items()):
+        if dev == device:
+            ws.check()
+
+
+def raise_barrier_timeouts(device=None) -> None:
+    """Wait for `device`'s (default: the current CUDA device's) work and raise the
+    barrier-timeout RuntimeError if any persistent launch on it timed out.
+
+    Layer calls already raise it, without waiting, at the first call after the
+    broken launch has ended; this is for a program that wants to know now (at
+    the cost of a synchronisation).
+    """
+    device = torch.device(device if device is not None else "cuda")
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.synchronize(device)
+    _check_barriers(device)
 
 
 def barrier_loop(programs: int, steps: int, device) -> Tensor:
@@ -407,16 +520,34 @@ def _zero_strides(n: int) -> Tuple[int, ...]:
     return (0,) * n
 
 
-def _shared_params(w_hh: Tensor, w_hr: Optional[Tensor], lens: Optional[Tensor], B: int) -> Dict[str, object]:
+# (device, stream, shape, dtype) -> zeros that no kernel writes (the backward's dg[T]).
+_ZEROS: Dict[tuple, Tensor] = {}
+
+
+def _zeros(device: torch.device, shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """A cached tensor of zeros, made once per (device, stream, shape, dtype):
+    read-only for the kernels, so one per shape serves every call. Per stream,
+    as the caching allocator ties a block to the stream that made it."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, shape, dtype)
+    z = _ZEROS.get(key)
+    if z is None:
+        z = _ZEROS.setdefault(key, torch.zeros(shape, dtype=dtype, device=device))
+    return z
+
+
+def _shared_params(w_hh: Tensor, w_hr: Optional[Tensor], lens: Optional[Tensor], T: int, B: int) -> Dict[str, object]:
     """The arguments both kernels take alike: weights, row lengths, sizes and the
-    barrier's [counter, error flag] (zeroed). Unused pointers point at a live
-    tensor with zero strides; their constexpr flag is off."""
+    workspace of this device and stream (barrier counter and error flags; see
+    `_Workspace`, which also raises here a barrier timeout of an earlier call).
+    Unused pointers point at a live tensor with zero strides; their constexpr
+    flag is off."""
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
-    sync = torch.zeros(2, dtype=torch.int32, device=w_hh.device)
+    ws = _workspace(w_hh.device).buf
     wr = w_hr if w_hr is not None else w_hh
     return dict(
-        p_w=w_hh, p_wr=wr, p_len=lens if lens is not None else sync, p_sync=sync[0:1], p_err=sync[1:2],
-        B=B, H=H, R=R, s_w_g=w_hh.stride(0), s_w_r=w_hh.stride(1),
+        p_w=w_hh, p_wr=wr, p_len=lens if lens is not None else ws, p_ws=ws,
+        T=T, B=B, H=H, R=R, s_w_g=w_hh.stride(0), s_w_r=w_hh.stride(1),
         s_wr_r=wr.stride(0) if w_hr is not None else 0, s_wr_h=wr.stride(1) if w_hr is not None else 0,
     )
 
@@ -437,10 +568,13 @@ def _chunks(k: int, plan: LaunchPlan) -> int:
 def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
               w_hr: Optional[Tensor], lens: Optional[Tensor], save: bool, plan: LaunchPlan):
     """Returns out (T, B, R), hs, cs (T+1, B, H) float32, gates (T, B, 4H)
-    float32 or None, hc (T, B, H) or None.
+    float32 or None, hc (T, B, H) or None, h_n (B, R), c_n (B, H).
 
-    hs (T, B, R) holds the states h_1..h_T: `out` itself unless packed (a
-    separate buffer there, as dead rows carry their state but output zeros).
+    hs (T, B, R) holds the states h_1..h_T: `out` itself in inference unless
+    packed (a separate buffer when packed, as dead rows carry their state but
+    output zeros, and in training, where the backward reads hs and the caller
+    may edit out: the kernel copies it). The kernel writes c[0] from c0 and
+    the final states; the host launches only the input GEMM and the kernel.
     """
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
@@ -450,7 +584,8 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
     xg = xg.view(T, B, 4 * H)
 
     hs = _empty((T, B, R), dtype, dev)
-    h0 = h0.contiguous()  # the kernel reads it with the strides of one step of hs
+    if h0.stride() != hs.stride()[1:]:
+        h0 = h0.contiguous()  # the kernel reads it with the strides of one step of hs
     if save:
         cs = _empty((T + 1, B, H), torch.float32, dev)
     else:
@@ -458,34 +593,39 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
         # (a zero time stride): each program reads and writes only its own
         # units of c. So inference keeps nothing per step beyond the output.
         cs = _empty((1, B, H), torch.float32, dev).expand(T + 1, B, H)
-    cs[0].copy_(c0)
     gates = _empty((T, B, 4 * H), torch.float32, dev) if save else None
     hc = None
     if w_hr is not None:
         # Without a backward, hc[t] is consumed within step t: one buffer will do.
         hc = _empty((T, B, H), dtype, dev) if save else _empty((1, B, H), dtype, dev).expand(T, B, H)
-    out = _empty((T, B, R), dtype, dev) if lens is not None else hs
-    params = _shared_params(w_hh, w_hr, lens, B)
+    copy_out = save and lens is None
+    out = _empty((T, B, R), dtype, dev) if lens is not None or copy_out else hs
+    h_n, c_n = _empty((B, R), dtype, dev), _empty((B, H), dtype, dev)
+    params = _shared_params(w_hh, w_hr, lens, T, B)
     params.update(
         p_xg=xg, p_h0=h0, p_hs=hs, p_c=cs,
         p_gates=gates if gates is not None else cs, p_hc=hc if hc is not None else hs, p_out=out,
+        p_c0=c0, p_hn=h_n, p_cn=c_n,
         s_xg_t=xg.stride(0), s_xg_b=xg.stride(1), s_xg_g=xg.stride(2),
         s_hs_t=hs.stride(0), s_h_b=hs.stride(1), s_h_r=hs.stride(2),
         s_c_t=cs.stride(0), s_c_b=cs.stride(1), s_c_h=cs.stride(2),
+        s_c0_b=c0.stride(0), s_c0_h=c0.stride(1), s_hn_b=h_n.stride(0), s_hn_r=h_n.stride(1),
+        s_cn_b=c_n.stride(0), s_cn_h=c_n.stride(1),
     )
     params.update(zip(("s_gt_t", "s_gt_b", "s_gt_g"), gates.stride() if gates is not None else _zero_strides(3)))
     params.update(zip(("s_hc_t", "s_hc_b", "s_hc_h"), hc.stride() if hc is not None else _zero_strides(3)))
     constexprs = dict(
         NUM_KR=_chunks(R, plan), NUM_KH=_chunks(H, plan), EVEN_K=_even(plan, R, H if w_hr is not None else R),
         HAS_PROJ=w_hr is not None,
-        PACKED=lens is not None, SAVE_GATES=save, DOT_PRECISION=_dot_precision(dtype), UPCAST_DOT=_upcast_dot(x),
+        PACKED=lens is not None, SAVE_GATES=save, COPY_OUT=copy_out, DOT_PRECISION=_dot_precision(dtype),
+        UPCAST_DOT=_upcast_dot(x),
     )
     phases = ({"CELL": True, "PROJECT": False},)
     if w_hr is not None:
         phases = ({"CELL": True, "PROJECT": False}, {"CELL": False, "PROJECT": True})
     _launch(_k.lstm_fwd_kernel, plan, params, constexprs, T, phases, reverse=False,
             shape=_shape(x, H, R, "forward"))
-    return out, hs, cs, gates, hc
+    return out, hs, cs, gates, hc, h_n, c_n
 
 
 def _shape(x: Tensor, H: int, R: int, what: str) -> str:
@@ -505,7 +645,6 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
     dtype, dev = x.dtype, x.device
-    rows = torch.arange(B, device=dev)
 
     # The gradient reaching h[t] from outside the recurrence: d_out at live
     # rows, plus d_hn at each row's last live step (dead rows carry h to h_n).
@@ -514,16 +653,17 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
         dout[T - 1] += d_hn
     else:
         dout = (d_out * _live_mask(lens, T)).to(dtype)
-        dout.index_put_((lens.long() - 1, rows), d_hn.to(dtype), accumulate=True)
+        dout.index_put_((lens.long() - 1, torch.arange(B, device=dev)), d_hn.to(dtype), accumulate=True)
 
-    dg = _empty((T + 1, B, 4 * H), dtype, dev)
-    dg[T].zero_()
+    # dg[T] = 0 is read from a cached zero buffer and dc = d_cn is copied by
+    # the kernel: no host launches for them.
+    dg = _empty((T, B, 4 * H), dtype, dev)
     dc = _empty((B, H), torch.float32, dev)
-    dc.copy_(d_cn)
     dh = _empty((T, B, R), dtype, dev) if w_hr is not None else None
-    params = _shared_params(w_hh, w_hr, lens, B)
+    params = _shared_params(w_hh, w_hr, lens, T, B)
     params.update(
         p_dg=dg, p_dout=dout, p_dh=dh if dh is not None else dout, p_gates=gates, p_c=cs, p_dc=dc,
+        p_dgz=_zeros(dev, (B, 4 * H), dtype), p_dcn=d_cn, s_dcn_b=d_cn.stride(0), s_dcn_h=d_cn.stride(1),
         s_dg_t=dg.stride(0), s_dg_b=dg.stride(1), s_dg_g=dg.stride(2),
         s_do_t=dout.stride(0), s_do_b=dout.stride(1), s_do_r=dout.stride(2),
         s_gt_t=gates.stride(0), s_gt_b=gates.stride(1), s_gt_g=gates.stride(2),
@@ -543,7 +683,7 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
             shape=_shape(x, H, R, "backward"))
 
     need_x, need_h0, need_c0, need_wih, need_whh, need_b, need_whr = needs
-    dg2 = dg[:T].view(T * B, 4 * H)
+    dg2 = dg.view(T * B, 4 * H)
     dx = torch.mm(dg2, w_ih).view(T, B, I) if need_x else None
     dw_ih = torch.mm(dg2.t(), x.reshape(T * B, I)) if need_wih else None
     dw_hh = None
@@ -586,15 +726,13 @@ class LSTMTritonFunction(torch.autograd.Function):
         fwd_plan, _ = plans_for(x, w_hh.shape[0] // 4, w_hr.shape[0] if w_hr is not None else 0, training=save)
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
         with _device_guard(x):
-            out, hs, cs, gates, hc = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan)
+            out, hs, cs, gates, hc, h_n, c_n = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan)
         if save:
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, gates, hc, lens)
-        # No output may be a view (torch forbids in-place on views returned by
-        # a Function) nor alias another output or a saved buffer: unpacked,
-        # `out` is hs itself, which the backward reads.
-        if save and out is hs:
-            out = hs.clone()
-        return out, hs[T - 1].clone(), cs[T].to(x.dtype, copy=True)
+        # No output is a view (torch forbids in-place on views returned by a
+        # Function) or aliases another output or a saved buffer: in training
+        # `out` is the kernel's copy of hs, which the backward reads.
+        return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
