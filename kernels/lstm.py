@@ -517,7 +517,8 @@ def lstm_bwd_kernel(
     p_dg,  # (T+1, B, 4H) gradients of the gate pre-activations: reads dg[t+1], writes dg[t]
     p_w,  # (4H, R) recurrent weight W_hh
     p_wr,  # (R, H) projection weight W_hr, read if HAS_PROJ
-    p_dout,  # (T, B, R) gradient reaching h[t] from outside the recurrence
+    p_dout,  # (T, B, R) gradient reaching h[t] from outside the recurrence (read for t < T-1)
+    p_dlast,  # (B, R) the same at t = T-1 (d_out[T-1] + d_hn), with dout's row and column strides
     p_dh,  # (T, B, R) dh[t], written and read if HAS_PROJ
     p_gates,  # (T, B, 4H) float32 activated gates from the forward
     p_c,  # (T+1, B, H) float32 cell states from the forward
@@ -593,8 +594,10 @@ def lstm_bwd_kernel(
         t = t1 - 1 - s
         t64 = tl.cast(t, tl.int64)
         p_dg_next = p_dg + (t64 + 1) * s_dg_t
+        p_dout_t = p_dout + t64 * s_do_t
         if t == T - 1:
             p_dg_next = p_dgz
+            p_dout_t = p_dlast
         if RECUR:
             if pid * BLOCK_R < R:
                 for b0 in range(0, B, BLOCK_B):
@@ -603,7 +606,7 @@ def lstm_bwd_kernel(
                     m_bp = m_b[:, None] & m_p[None, :]
                     b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_p, m_p,
                                    BLOCK_B, BLOCK_R, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION, UPCAST_DOT)
-                    p_do = p_dout + t64 * s_do_t + i_b[:, None] * s_do_b + i_p[None, :] * s_do_r
+                    p_do = p_dout_t + i_b[:, None] * s_do_b + i_p[None, :] * s_do_r
                     b_dh += tl.load(p_do, mask=m_bp, other=0.0).to(tl.float32)
                     p_dh_bp = p_dh + t64 * s_dh_t + i_b[:, None] * s_dh_b + i_p[None, :] * s_dh_r
                     tl.store(p_dh_bp, b_dh.to(p_dh.dtype.element_ty), mask=m_bp)
@@ -623,7 +626,7 @@ def lstm_bwd_kernel(
                         b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_h,
                                        m_h, BLOCK_B, BLOCK_H, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION,
                                        UPCAST_DOT)
-                        p_do = p_dout + t64 * s_do_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_r
+                        p_do = p_dout_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_r
                         b_dh += tl.load(p_do, mask=m_bh, other=0.0).to(tl.float32)
                     _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H,
                                    s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h,

@@ -648,12 +648,21 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
 
     # The gradient reaching h[t] from outside the recurrence: d_out at live
     # rows, plus d_hn at each row's last live step (dead rows carry h to h_n).
-    if lens is None:
-        dout = d_out.to(dtype, copy=True)
-        dout[T - 1] += d_hn
+    # Unpacked, the kernel reads d_out as it is (any strides), and its last
+    # step from d_out[T-1] + d_hn: one small add, no copy of d_out.
+    if lens is None and 0 not in d_out.stride()[1:]:
+        dout = d_out
+        # with dout's row and column strides, as the kernel reads both alike
+        dlast = torch.add(d_out[T - 1], d_hn, out=torch.empty_strided((B, R), d_out.stride()[1:], dtype=dtype,
+                                                                      device=dev))
+    elif lens is None:  # d_out broadcast along rows or columns (a sum's gradient): one copy
+        dout = d_out.contiguous()
+        dout[T - 1].add_(d_hn)
+        dlast = dout[T - 1]
     else:
         dout = (d_out * _live_mask(lens, T)).to(dtype)
         dout.index_put_((lens.long() - 1, torch.arange(B, device=dev)), d_hn.to(dtype), accumulate=True)
+        dlast = dout[T - 1]
 
     # dg[T] = 0 is read from a cached zero buffer and dc = d_cn is copied by
     # the kernel: no host launches for them.
@@ -663,7 +672,7 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
     params = _shared_params(w_hh, w_hr, lens, T, B)
     params.update(
         p_dg=dg, p_dout=dout, p_dh=dh if dh is not None else dout, p_gates=gates, p_c=cs, p_dc=dc,
-        p_dgz=_zeros(dev, (B, 4 * H), dtype), p_dcn=d_cn, s_dcn_b=d_cn.stride(0), s_dcn_h=d_cn.stride(1),
+        p_dgz=_zeros(dev, (B, 4 * H), dtype), p_dcn=d_cn, p_dlast=dlast, s_dcn_b=d_cn.stride(0), s_dcn_h=d_cn.stride(1),
         s_dg_t=dg.stride(0), s_dg_b=dg.stride(1), s_dg_g=dg.stride(2),
         s_do_t=dout.stride(0), s_do_b=dout.stride(1), s_do_r=dout.stride(2),
         s_gt_t=gates.stride(0), s_gt_b=gates.stride(1), s_gt_g=gates.stride(2),
