@@ -26,6 +26,10 @@ def check_backend_name(name: object) -> str:
 def triton_unavailable_reason(x: Tensor) -> Optional[str]:
     """Why the Triton backend cannot run on `x`, or None when it can."""
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if x.device.type == "meta":
+        if importlib.util.find_spec("triton") is None:
+            return "the 'triton' package is not installed (pip install 'fastlstm[triton]')"
+        return None  # shapes only: every backend gives them without running (as nn.LSTM's meta kernels)
     if x.device.type == "cpu" and not interpret:
         return (
             "the input is on the CPU, where Triton kernels run only under the "

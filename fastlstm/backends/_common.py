@@ -133,6 +133,16 @@ def sequence_lengths(batch_sizes: Tensor, batch: int) -> Tensor:
     return (batch_sizes.unsqueeze(1) > torch.arange(batch).unsqueeze(0)).sum(0)
 
 
+def host_to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor (indices, lengths) on `device` without waiting: on CUDA
+    through pinned memory and a non-blocking copy (a copy from pageable memory
+    synchronises the stream). The caching host allocator keeps the pinned block
+    until the copy has run."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def has_no_data(t: Tensor) -> bool:
     """Whether `t` carries shapes but no data: a meta tensor, or a FakeTensor
     (FakeTensorMode: shape inference, torch.compile's tracing). Backends then
@@ -159,7 +169,7 @@ class DeferredError:
     def __init__(self, device: torch.device, message: str):
         self.device, self.message = device, message
         self.acc = torch.zeros(1, dtype=torch.int32, device=device)
-        self.host = torch.zeros(1, dtype=torch.int32, pin_memory=torch.cuda.is_available())
+        self.host = None  # pinned, made at the first copy (never while a CUDA graph is captured)
         self.event = None
         self.dirty = False
 
@@ -172,6 +182,8 @@ class DeferredError:
         if self.event is not None or not self.dirty or self.device.type != "cuda" \
                 or torch.cuda.is_current_stream_capturing():
             return
+        if self.host is None:
+            self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
         self.host.copy_(self.acc, non_blocking=True)
         self.event = torch.cuda.Event()
         self.event.record()
@@ -183,7 +195,7 @@ class DeferredError:
         if self.device.type == "cpu":
             seen = self.acc.numpy()
         else:
-            if self.event is None or not self.event.query():
+            if self.event is None or torch.cuda.is_current_stream_capturing() or not self.event.query():
                 return
             self.event = None
             seen = self.host.numpy()

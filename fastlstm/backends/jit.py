@@ -684,9 +684,9 @@ def lstm_layer_jit(
         result = LSTMJitFunction.forward(FunctionCtx(args), *args)
         if _plain(x.shape[1], c0.shape[1], False):
             return result  # nothing was scaled, so nothing can have overflowed
-    if x.device.type != "cpu" or x.dtype in _HALF_TYPES or x.shape[0] == 0:
+    if x.device.type != "cpu" or x.dtype in _HALF_TYPES or x.shape[0] == 0 or has_no_data(x):
         # Off the CPU the range was checked on the device, uncached; half
-        # types run in float32, whose range holds them.
+        # types run in float32, whose range holds them; no data, no overflow.
         return result
     if not _finite(result[1], result[2]) and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr, cached=False):
         # Weights edited through .data (which leaves _version alone) past the range

@@ -40,7 +40,8 @@ import torch
 from torch import Tensor
 
 from ..kernels import lstm as _k
-from ._common import differentiable_backward, needs_autograd, reference_grads, sequence_lengths, transforms_active
+from ._common import (differentiable_backward, has_no_data, host_to_device, needs_autograd, reference_grads, sequence_lengths,
+                      transforms_active)
 from .reference import lstm_layer_reference
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -390,17 +391,19 @@ class _Workspace:
     layer call, which raises if the flag was set. At most one copy is in flight
     per workspace; a call that finds it still running leaves it be, so a
     timeout is reported at the first call after the copy that follows it ends.
+    Nothing is copied, queried or allocated in pinned memory while a CUDA graph
+    is being captured (a workspace made then is zeroed by the graph itself);
+    the graph's launches are checked by the eager calls after its replays.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.buf = torch.zeros(4, dtype=torch.int32, device=device)
-        if device.type == "cuda":
-            self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
-            self.flag = self.host.numpy()
-        else:
-            self.host = None
-            self.flag = self.buf.numpy()[_k._WS_STICKY.value:]
+        self.on_cpu = device.type != "cuda"
+        # The sticky flag as the host sees it: on the CPU the buffer itself;
+        # on CUDA a pinned copy, made at the first copy.
+        self.host = None
+        self.flag = self.buf.numpy()[_k._WS_STICKY.value:] if self.on_cpu else None
         self.event = None  # the CUDA event after the copy in flight
         self.covered: List[str] = []  # launches the copy in flight (or the CPU flag) reports on
         self.pending: List[str] = []  # launches since that copy was made
@@ -408,12 +411,12 @@ class _Workspace:
 
     def launched(self, what: str) -> None:
         """Note a persistent launch just enqueued (`what`: its shape and plan)."""
-        if self.host is None:
+        if self.on_cpu:
             self.covered.append(what)
             return
         if torch.cuda.is_current_stream_capturing():
             self.captured = True
-            what = f"{what} (in a CUDA graph)"
+            what = f"{what}, in a CUDA graph"
         if what not in self.pending and len(self.pending) < 4:
             self.pending.append(what)
         self._copy()
@@ -421,10 +424,13 @@ class _Workspace:
     def _copy(self) -> None:
         if self.event is not None or torch.cuda.is_current_stream_capturing():
             return
+        if self.host is None:
+            self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+            self.flag = self.host.numpy()
         self.host.copy_(self.buf[_k._WS_STICKY.value:], non_blocking=True)
         self.event = torch.cuda.Event()
         self.event.record()
-        self.covered, self.pending = self.pending, []
+        self.covered, self.pending = self.pending + (["a CUDA graph's replay"] if self.captured else []), []
 
     def check(self) -> None:
         """Raise if a launch covered by a finished read set the sticky flag (then
@@ -433,16 +439,15 @@ class _Workspace:
             if not self.event.query():
                 return
             self.event = None
-        if int(self.flag[0]):
+        if self.flag is not None and int(self.flag[0]):
             launches = "; ".join(self.covered) or "a launch on this device"
             self.flag[0] = 0
-            if self.host is not None:
+            if not self.on_cpu:
                 self.buf[_k._WS_STICKY.value:].zero_()
             self.covered = []
             raise RuntimeError(_TIMEOUT_MESSAGE.format(launches=launches, device=self.device))
         self.covered = []
-        if self.host is not None and (self.pending or self.captured) and \
-                not torch.cuda.is_current_stream_capturing():
+        if not self.on_cpu and (self.pending or self.captured):
             self._copy()
 
 
@@ -469,7 +474,8 @@ def _workspace(device: torch.device) -> _Workspace:
                 ws = _Workspace(device)
                 _BY_POINTER[ws.buf.data_ptr()] = ws
                 _WORKSPACES[key] = ws
-    _check_barriers(device)
+    if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+        _check_barriers(device)
     return ws
 
 
@@ -728,9 +734,14 @@ class LSTMTritonFunction(torch.autograd.Function):
         T, B = x.shape[0], x.shape[1]
         ctx.empty = T == 0 or B == 0
         ctx.has_b_ih, ctx.has_b_hh, ctx.has_w_hr = b_ih is not None, b_hh is not None, w_hr is not None
-        if ctx.empty:
-            out = x.new_zeros(T, B, h0.shape[1])
+        if ctx.empty or has_no_data(x):
+            # No steps or rows, or shapes without data (meta, FakeTensorMode):
+            # nothing to launch; the backward gives gradients of the right shapes.
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
+            if not ctx.empty:
+                ctx.empty = True
+                return x.new_empty(T, B, h0.shape[1]), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+            out = x.new_zeros(T, B, h0.shape[1])
             return out, h0.clone(), c0.clone()
         fwd_plan, _ = plans_for(x, w_hh.shape[0] // 4, w_hr.shape[0] if w_hr is not None else 0, training=save)
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
@@ -756,7 +767,7 @@ class LSTMTritonFunction(torch.autograd.Function):
             return (*reference_grads(inputs, batch_sizes, (d_out, d_hn, d_cn), needs), None, None)
         if ctx.empty:
             x_shape, wih_shape, whh_shape, whr_shape = ctx.shapes
-            z = lambda s: d_out.new_zeros(s)  # noqa: E731
+            z = (lambda s: d_out.new_empty(s)) if has_no_data(d_out) else (lambda s: d_out.new_zeros(s))  # noqa: E731
             return (z(x_shape) if needs[0] else None, d_hn, d_cn,
                     z(wih_shape) if needs[3] else None, z(whh_shape) if needs[4] else None,
                     z(whh_shape[0]) if ctx.has_b_ih and needs[5] else None,
@@ -868,5 +879,5 @@ def _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sav
     _check(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     lens = None
     if batch_sizes is not None and x.shape[0] > 0:
-        lens = sequence_lengths(batch_sizes, x.shape[1]).to(device=x.device, dtype=torch.int32)
+        lens = host_to_device(sequence_lengths(batch_sizes, x.shape[1]).to(torch.int32), x.device)
     return LSTMTritonFunction, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, save)
