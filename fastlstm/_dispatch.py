@@ -27,7 +27,7 @@ def triton_unavailable_reason(x: Tensor) -> Optional[str]:
     """Why the Triton backend cannot run on `x`, or None when it can."""
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if x.device.type == "meta":
-        if importlib.util.find_spec("triton") is None:
+        if not _triton_installed():
             return "the 'triton' package is not installed (pip install 'fastlstm[triton]')"
         return None  # shapes only: every backend gives them without running (as nn.LSTM's meta kernels)
     if x.device.type == "cpu" and not interpret:
@@ -38,11 +38,15 @@ def triton_unavailable_reason(x: Tensor) -> Optional[str]:
         )
     if x.device.type not in ("cpu", "cuda"):
         return f"Triton does not run on device type {x.device.type!r}"
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return "the 'triton' package is not installed (pip install 'fastlstm[triton]')"
     if x.device.type == "cuda" and not interpret:
         return _cuda_unsupported_reason(x.device.index)
     return None
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 @functools.lru_cache(maxsize=None)

@@ -65,6 +65,15 @@ def lstm(
     num_directions = 2 if bidirectional else 1
     groups = _weight_groups(weights, has_biases, num_layers * num_directions)
     _check_lstm_args(input, hx, groups, num_directions, batch_sizes, batch_first)
+    return _lstm(input, hx, groups, num_layers, dropout, train, bidirectional, batch_first, batch_sizes, backend)
+
+
+def _lstm(input: Tensor, hx: Tuple[Tensor, Tensor], groups, num_layers: int, dropout: float, train: bool,
+          bidirectional: bool, batch_first: bool, batch_sizes: Optional[Tensor], backend: str):
+    """`lstm` on checked arguments, the weights split by `_weight_groups`:
+    `fastlstm.LSTM` comes here directly, having checked its inputs as
+    torch.nn does (its own weights have their shapes by construction)."""
+    num_directions = 2 if bidirectional else 1
     h0, c0 = hx
 
     if batch_sizes is not None:

@@ -331,7 +331,7 @@ class _StepLauncher:
 
 
 def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dict[str, object],
-            steps: int, phases: Tuple[Dict[str, bool], ...], reverse: bool, shape: str) -> None:
+            steps: int, phases: Tuple[Dict[str, bool], ...], reverse: bool, shape: tuple) -> None:
     """Run `kernel` over steps [0, steps) as the plan says.
 
     `phases` are the constexpr switches of each phase of a step (one phase, or
@@ -361,9 +361,15 @@ def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dic
             t1 = min(steps, t0 + per_launch)
             kernel[plan.grid](**params, **constexprs, **switches, t0=t0, t1=t1, max_spin=_MAX_SPIN,
                               PERSISTENT=True, **options)
-        _workspace_of(params["p_ws"]).launched(f"{shape}; {plan}")
+        _workspace_of(params["p_ws"]).launched((shape, plan))
         return
     grids = [plan.grid if p.get("CELL") else (plan.proj_grid,) for p in phases]
+    if steps == 1:
+        # One launch per phase: straight through Triton's dispatcher, which
+        # costs less than compiling a _StepLauncher for a single use.
+        for g, p in zip(grids, phases):
+            kernel[g](**params, **constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN, PERSISTENT=False, **options)
+        return
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" and not _interpreting() else None
     launchers = [_StepLauncher(kernel, g, dict(params, **constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN,
                                                PERSISTENT=False), options, stream)
@@ -405,18 +411,17 @@ class _Workspace:
         self.host = None
         self.flag = self.buf.numpy()[_k._WS_STICKY.value:] if self.on_cpu else None
         self.event = None  # the CUDA event after the copy in flight
-        self.covered: List[str] = []  # launches the copy in flight (or the CPU flag) reports on
-        self.pending: List[str] = []  # launches since that copy was made
+        self.covered: List[tuple] = []  # (shape, plan) of the launches the copy in flight (or the CPU flag) covers
+        self.pending: List[tuple] = []  # those since that copy was made
         self.captured = False  # used by a CUDA graph: replays may set the flag at any time
 
-    def launched(self, what: str) -> None:
-        """Note a persistent launch just enqueued (`what`: its shape and plan)."""
+    def launched(self, what: tuple) -> None:
+        """Note a persistent launch just enqueued (`what`: its `_shape` and plan)."""
         if self.on_cpu:
             self.covered.append(what)
             return
         if torch.cuda.is_current_stream_capturing():
             self.captured = True
-            what = f"{what}, in a CUDA graph"
         if what not in self.pending and len(self.pending) < 4:
             self.pending.append(what)
         self._copy()
@@ -430,7 +435,7 @@ class _Workspace:
         self.host.copy_(self.buf[_k._WS_STICKY.value:], non_blocking=True)
         self.event = torch.cuda.Event()
         self.event.record()
-        self.covered, self.pending = self.pending + (["a CUDA graph's replay"] if self.captured else []), []
+        self.covered, self.pending = self.pending, []
 
     def check(self) -> None:
         """Raise if a launch covered by a finished read set the sticky flag (then
@@ -440,7 +445,9 @@ class _Workspace:
                 return
             self.event = None
         if self.flag is not None and int(self.flag[0]):
-            launches = "; ".join(self.covered) or "a launch on this device"
+            launches = "; ".join(_describe(*what) for what in self.covered) or "a launch on this device"
+            if self.captured:
+                launches += "; or a CUDA graph's replay"
             self.flag[0] = 0
             if not self.on_cpu:
                 self.buf[_k._WS_STICKY.value:].zero_()
@@ -572,7 +579,8 @@ def _chunks(k: int, plan: LaunchPlan) -> int:
 
 
 def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
-              w_hr: Optional[Tensor], lens: Optional[Tensor], save: bool, plan: LaunchPlan):
+              w_hr: Optional[Tensor], lens: Optional[Tensor], save: bool, plan: LaunchPlan,
+              precision: Optional[str] = None):
     """Returns out (T, B, R), hs, cs (T+1, B, H) float32, gates (T, B, 4H)
     float32 or None, hc (T, B, H) or None, h_n (B, R), c_n (B, H).
 
@@ -623,7 +631,7 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
     constexprs = dict(
         NUM_KR=_chunks(R, plan), NUM_KH=_chunks(H, plan), EVEN_K=_even(plan, R, H if w_hr is not None else R),
         HAS_PROJ=w_hr is not None,
-        PACKED=lens is not None, SAVE_GATES=save, COPY_OUT=copy_out, DOT_PRECISION=_dot_precision(dtype),
+        PACKED=lens is not None, SAVE_GATES=save, COPY_OUT=copy_out, DOT_PRECISION=precision or _dot_precision(dtype),
         UPCAST_DOT=_upcast_dot(x),
     )
     phases = ({"CELL": True, "PROJECT": False},)
@@ -634,9 +642,14 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
     return out, hs, cs, gates, hc, h_n, c_n
 
 
-def _shape(x: Tensor, H: int, R: int, what: str) -> str:
-    T, B, I = x.shape
-    return f"{what}, T={T}, B={B}, I={I}, H={H}, R={R}, {str(x.dtype).replace('torch.', '')}"
+def _shape(x: Tensor, H: int, R: int, what: str) -> tuple:
+    """What a launch ran, for an error message: formatted by `_describe` only when needed."""
+    return (what, *x.shape, H, R, x.dtype)
+
+
+def _describe(shape: tuple, plan: LaunchPlan) -> str:
+    what, T, B, I, H, R, dtype = shape
+    return f"{what}, T={T}, B={B}, I={I}, H={H}, R={R}, {str(dtype).replace('torch.', '')}; {plan}"
 
 
 def _live_mask(lens: Tensor, T: int) -> Tensor:
@@ -743,10 +756,12 @@ class LSTMTritonFunction(torch.autograd.Function):
                 return x.new_empty(T, B, h0.shape[1]), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
             out = x.new_zeros(T, B, h0.shape[1])
             return out, h0.clone(), c0.clone()
+        precision = _dot_precision(x.dtype)
         fwd_plan, _ = plans_for(x, w_hh.shape[0] // 4, w_hr.shape[0] if w_hr is not None else 0, training=save)
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
         with _device_guard(x):
-            out, hs, cs, gates, hc, h_n, c_n = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan)
+            out, hs, cs, gates, hc, h_n, c_n = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan,
+                                                         precision)
         if save:
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, gates, hc, lens)
         # No output is a view (torch forbids in-place on views returned by a
@@ -867,7 +882,20 @@ def lstm_layer_triton(
         return lstm_layer_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     save = needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     fn, args = _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save)
+    if not save:
+        # Nothing to record: the Function's forward as a plain call (autograd's
+        # apply costs more host time than the rest of a small call).
+        return fn.forward(_NoCtx(), *args)
     return fn.apply(*args)
+
+
+class _NoCtx:
+    """The ctx of a forward that saves nothing (see `lstm_layer_triton`)."""
+
+    def save_for_backward(self, *tensors):
+        raise AssertionError("an inference forward saves nothing")
+
+
 
 
 def _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save: bool):
