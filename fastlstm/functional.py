@@ -121,6 +121,8 @@ def _lstm(input: Tensor, hx: Tuple[Tensor, Tensor], groups, num_layers: int, dro
         output = _pack(x, rows)
     else:
         output = x.transpose(0, 1) if batch_first else x
+    if len(h_n) == 1:  # one layer, one direction: a view, no copy
+        return output, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
     return output, torch.stack(h_n), torch.stack(c_n)
 
 

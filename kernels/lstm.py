@@ -20,6 +20,12 @@ memory. Each step runs the same step body in every mode:
                  fallback, and how the interpreter runs multi-program grids
                  (it runs programs one after another, so a spin would hang).
 
+No host-device synchronisation: a persistent launch's barrier counter and
+error flags live in a workspace (`_WS_*`) that the launch leaves at zero for
+the next one (`_end_launch`); a launch whose barrier timed out writes NaN
+into its outputs (`_launch_failed`) and leaves a sticky flag that the host
+reads later without waiting (fastlstm.backends.triton, `_Workspace`).
+
 A step is one phase without projection, two with it (the projection needs all
 of o * tanh(c), which other programs write): the forward's cell phase (CELL)
 and projection phase (PROJECT), the backward's recurrent phase (RECUR: dh from
@@ -32,11 +38,13 @@ Layout (time-major, explicit strides; H hidden units, R = proj_size or H):
     wr     (R, H)       W_hr (projection)
     h0     (B, R)       same strides as one step of hs
     hs     (T, B, R)    h_1 .. h_T; a row past its length carries its state
-    c      (T+1, B, H)  float32 cell states, c[0] = c0 (time stride 0 when
-                        nothing is saved: one tile updated in place)
+    c      (T+1, B, H)  float32 cell states, c[0] = c0 (copied by the kernel;
+                        time stride 0 when nothing is saved: one tile
+                        updated in place)
     gates  (T, B, 4H)   float32 activated gates, saved for the backward
     hc     (T, B, H)    o * tanh(c) before the projection (storage dtype)
-    dg     (T+1, B, 4H) gradients of the gate pre-activations, dg[T] = 0
+    dg     (T, B, 4H)   gradients of the gate pre-activations (dg[T] = 0 is
+                        read from a separate zero buffer)
 
 Tiles are (BLOCK_B rows, units); the batch is looped over inside a step, so a
 program's weights serve every row. Products accumulate in float32, and c,

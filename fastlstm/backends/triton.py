@@ -341,40 +341,62 @@ def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dic
     Per step (and for a single step): one launch per phase and step, forward
     or, with `reverse`, backward in time.
     """
-    device = params["p_ws"].device
-    options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
-    if plan.maxnreg is not None and not _interpreting() and torch.version.hip is None:
-        options["maxnreg"] = plan.maxnreg  # an NVIDIA option
-    constexprs = dict(constexprs, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_R=plan.block_r,
-                      BLOCK_K=plan.block_k, W_RESIDENT=plan.w_resident)
-    # A single step needs no barrier: it is launched step-wise (an LSTMCell, or
-    # a sequence fed one step at a time).
-    if plan.persistent and steps > 1:
-        switches = {k: any(p[k] for p in phases) for k in phases[0]}
-        per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
-        if device.type == "cuda" and not _interpreting():
-            options["launch_cooperative_grid"] = True
-        starts = list(range(0, steps, per_launch))
-        # Each launch leaves the workspace's counter at zero for the next one
-        # (kernels.lstm._end_launch): nothing to reset between them.
-        for t0 in reversed(starts) if reverse else starts:
-            t1 = min(steps, t0 + per_launch)
-            kernel[plan.grid](**params, **constexprs, **switches, t0=t0, t1=t1, max_spin=_MAX_SPIN,
-                              PERSISTENT=True, **options)
-        _workspace_of(params["p_ws"]).launched((shape, plan))
+    _run(_Prepared(kernel, plan, constexprs, steps, phases, reverse, params["p_ws"].device), params, shape)
+
+
+class _Prepared:
+    """What `_launch` derives from the plan and the call's shape alone: the
+    launches' keyword arguments apart from the tensors and sizes, so that a
+    layer call of a shape seen before rebuilds none of it (see `_lstm_fwd`)."""
+
+    def __init__(self, kernel, plan: LaunchPlan, constexprs: Dict[str, object], steps: int,
+                 phases: Tuple[Dict[str, bool], ...], reverse: bool, device: torch.device):
+        self.kernel, self.plan, self.steps, self.reverse = kernel, plan, steps, reverse
+        options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+        if plan.maxnreg is not None and not _interpreting() and torch.version.hip is None:
+            options["maxnreg"] = plan.maxnreg  # an NVIDIA option
+        self.options = options
+        self.constexprs = dict(constexprs, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_R=plan.block_r,
+                               BLOCK_K=plan.block_k, W_RESIDENT=plan.w_resident)
+        # A single step needs no barrier: it is launched step-wise (an LSTMCell,
+        # or a sequence fed one step at a time).
+        self.persistent = plan.persistent and steps > 1
+        self.device = device
+        self.phases = phases
+        if self.persistent:
+            switches = {k: any(p[k] for p in phases) for k in phases[0]}
+            if device.type == "cuda" and not _interpreting():
+                options = dict(options, launch_cooperative_grid=True)
+            per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
+            starts = list(range(0, steps, per_launch))
+            # Each launch leaves the workspace's counter at zero for the next
+            # one (kernels.lstm._end_launch): nothing to reset between them.
+            self.launches = [(plan.grid, dict(self.constexprs, **switches, t0=t0, t1=min(steps, t0 + per_launch),
+                                              max_spin=_MAX_SPIN, PERSISTENT=True, **options))
+                             for t0 in (reversed(starts) if reverse else starts)]
+        else:
+            self.grids = [plan.grid if p.get("CELL") else (plan.proj_grid,) for p in phases]
+            # One launch per phase: straight through Triton's dispatcher, which
+            # costs less than compiling a _StepLauncher for a single use.
+            self.launches = [(g, dict(self.constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN, PERSISTENT=False,
+                                      **options)) for g, p in zip(self.grids, phases)]
+
+
+def _run(prep: _Prepared, params: Dict[str, object], shape: tuple) -> None:
+    """Launch what `prep` describes with the call's tensors and sizes `params`."""
+    kernel = prep.kernel
+    if prep.persistent or prep.steps == 1:
+        for grid, kwargs in prep.launches:
+            kernel[grid](**params, **kwargs)
+        if prep.persistent:
+            _workspace_of(params["p_ws"]).launched((shape, prep.plan))
         return
-    grids = [plan.grid if p.get("CELL") else (plan.proj_grid,) for p in phases]
-    if steps == 1:
-        # One launch per phase: straight through Triton's dispatcher, which
-        # costs less than compiling a _StepLauncher for a single use.
-        for g, p in zip(grids, phases):
-            kernel[g](**params, **constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN, PERSISTENT=False, **options)
-        return
+    device, steps = prep.device, prep.steps
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" and not _interpreting() else None
-    launchers = [_StepLauncher(kernel, g, dict(params, **constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN,
-                                               PERSISTENT=False), options, stream)
-                 for g, p in zip(grids, phases)]
-    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+    launchers = [_StepLauncher(kernel, g, dict(params, **prep.constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN,
+                                               PERSISTENT=False), prep.options, stream)
+                 for g, p in zip(prep.grids, prep.phases)]
+    for t in (range(steps - 1, -1, -1) if prep.reverse else range(steps)):
         for launcher in launchers:
             launcher(t, t + 1)
 
@@ -417,6 +439,7 @@ class _Workspace:
 
     def launched(self, what: tuple) -> None:
         """Note a persistent launch just enqueued (`what`: its `_shape` and plan)."""
+        _UNCHECKED.add(self)
         if self.on_cpu:
             self.covered.append(what)
             return
@@ -456,12 +479,16 @@ class _Workspace:
         self.covered = []
         if not self.on_cpu and (self.pending or self.captured):
             self._copy()
+        if self.event is None and not self.pending and not self.captured:
+            _UNCHECKED.discard(self)  # nothing left to look at until its next launch
 
 
 # (device, stream) -> its _Workspace; buffer pointer -> the same _Workspace.
 _WORKSPACES: Dict[Tuple[torch.device, int], _Workspace] = {}
 _BY_POINTER: Dict[int, _Workspace] = {}
 _WORKSPACE_LOCK = threading.Lock()
+# Workspaces with a launch not yet known to be clean (most calls find none).
+_UNCHECKED: set = set()
 
 
 def _workspace(device: torch.device) -> _Workspace:
@@ -481,7 +508,7 @@ def _workspace(device: torch.device) -> _Workspace:
                 ws = _Workspace(device)
                 _BY_POINTER[ws.buf.data_ptr()] = ws
                 _WORKSPACES[key] = ws
-    if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+    if _UNCHECKED and (device.type != "cuda" or not torch.cuda.is_current_stream_capturing()):
         _check_barriers(device)
     return ws
 
@@ -493,8 +520,8 @@ def _workspace_of(buf: Tensor) -> _Workspace:
 def _check_barriers(device: torch.device) -> None:
     """Raise the named RuntimeError if a persistent launch on `device` timed out
     at a barrier and this is the first call to see it (see `_Workspace`)."""
-    for (dev, _), ws in list(_WORKSPACES.items()):
-        if dev == device:
+    for ws in list(_UNCHECKED):
+        if ws.device == device:
             ws.check()
 
 
@@ -615,31 +642,52 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
     copy_out = save and lens is None
     out = _empty((T, B, R), dtype, dev) if lens is not None or copy_out else hs
     h_n, c_n = _empty((B, R), dtype, dev), _empty((B, H), dtype, dev)
-    params = _shared_params(w_hh, w_hr, lens, T, B)
-    params.update(
-        p_xg=xg, p_h0=h0, p_hs=hs, p_c=cs,
+    ws = _workspace(dev).buf
+    precision = precision or _dot_precision(dtype)
+    # Everything but the tensors is a function of this key (the buffers' strides
+    # follow from their shapes): built once per shape, then reused.
+    key = (T, B, I, H, R, dtype, dev, save, lens is None, w_hr is None, plan, precision, c0.stride(),
+           w_hh.stride(), None if w_hr is None else w_hr.stride(), _MAX_SPIN, _MAX_ARRIVALS, _interpreting())
+    cached = _FWD_CACHE.get(key)
+    if cached is None:
+        sizes = dict(T=T, B=B, H=H, R=R, s_w_g=w_hh.stride(0), s_w_r=w_hh.stride(1),
+                     s_wr_r=w_hr.stride(0) if w_hr is not None else 0, s_wr_h=w_hr.stride(1) if w_hr is not None else 0)
+        sizes.update(zip(("s_xg_t", "s_xg_b", "s_xg_g"), xg.stride()))
+        sizes.update(zip(("s_hs_t", "s_h_b", "s_h_r"), hs.stride()))
+        sizes.update(zip(("s_c_t", "s_c_b", "s_c_h"), cs.stride()))
+        sizes.update(zip(("s_c0_b", "s_c0_h"), c0.stride()))
+        sizes.update(zip(("s_hn_b", "s_hn_r"), h_n.stride()))
+        sizes.update(zip(("s_cn_b", "s_cn_h"), c_n.stride()))
+        sizes.update(zip(("s_gt_t", "s_gt_b", "s_gt_g"), gates.stride() if gates is not None else _zero_strides(3)))
+        sizes.update(zip(("s_hc_t", "s_hc_b", "s_hc_h"), hc.stride() if hc is not None else _zero_strides(3)))
+        constexprs = dict(
+            NUM_KR=_chunks(R, plan), NUM_KH=_chunks(H, plan), EVEN_K=_even(plan, R, H if w_hr is not None else R),
+            HAS_PROJ=w_hr is not None, PACKED=lens is not None, SAVE_GATES=save, COPY_OUT=copy_out,
+            DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(x),
+        )
+        phases = ({"CELL": True, "PROJECT": False},)
+        if w_hr is not None:
+            phases = ({"CELL": True, "PROJECT": False}, {"CELL": False, "PROJECT": True})
+        if len(_FWD_CACHE) >= _CACHE_SIZE:
+            _FWD_CACHE.clear()
+        cached = _FWD_CACHE[key] = (sizes, _Prepared(_k.lstm_fwd_kernel, plan, constexprs, T, phases, False, dev),
+                                    _shape(x, H, R, "forward"))
+    sizes, prep, shape = cached
+    if prep.kernel is not _k.lstm_fwd_kernel:  # the kernel was swapped (tests): prepare again
+        prep = _Prepared(_k.lstm_fwd_kernel, plan, prep.constexprs, T, prep.phases, False, dev)
+    params = dict(
+        sizes, p_xg=xg, p_w=w_hh, p_wr=w_hr if w_hr is not None else w_hh, p_h0=h0, p_hs=hs, p_c=cs,
         p_gates=gates if gates is not None else cs, p_hc=hc if hc is not None else hs, p_out=out,
-        p_c0=c0, p_hn=h_n, p_cn=c_n,
-        s_xg_t=xg.stride(0), s_xg_b=xg.stride(1), s_xg_g=xg.stride(2),
-        s_hs_t=hs.stride(0), s_h_b=hs.stride(1), s_h_r=hs.stride(2),
-        s_c_t=cs.stride(0), s_c_b=cs.stride(1), s_c_h=cs.stride(2),
-        s_c0_b=c0.stride(0), s_c0_h=c0.stride(1), s_hn_b=h_n.stride(0), s_hn_r=h_n.stride(1),
-        s_cn_b=c_n.stride(0), s_cn_h=c_n.stride(1),
+        p_len=lens if lens is not None else ws, p_ws=ws, p_c0=c0, p_hn=h_n, p_cn=c_n,
     )
-    params.update(zip(("s_gt_t", "s_gt_b", "s_gt_g"), gates.stride() if gates is not None else _zero_strides(3)))
-    params.update(zip(("s_hc_t", "s_hc_b", "s_hc_h"), hc.stride() if hc is not None else _zero_strides(3)))
-    constexprs = dict(
-        NUM_KR=_chunks(R, plan), NUM_KH=_chunks(H, plan), EVEN_K=_even(plan, R, H if w_hr is not None else R),
-        HAS_PROJ=w_hr is not None,
-        PACKED=lens is not None, SAVE_GATES=save, COPY_OUT=copy_out, DOT_PRECISION=precision or _dot_precision(dtype),
-        UPCAST_DOT=_upcast_dot(x),
-    )
-    phases = ({"CELL": True, "PROJECT": False},)
-    if w_hr is not None:
-        phases = ({"CELL": True, "PROJECT": False}, {"CELL": False, "PROJECT": True})
-    _launch(_k.lstm_fwd_kernel, plan, params, constexprs, T, phases, reverse=False,
-            shape=_shape(x, H, R, "forward"))
+    _run(prep, params, shape)
     return out, hs, cs, gates, hc, h_n, c_n
+
+
+# (shape, strides, flags, plan) -> (sizes and strides, _Prepared, _shape): `_lstm_fwd`'s launch
+# arguments apart from its tensors. Cleared when it reaches _CACHE_SIZE entries.
+_FWD_CACHE: Dict[tuple, tuple] = {}
+_CACHE_SIZE = 4096
 
 
 def _shape(x: Tensor, H: int, R: int, what: str) -> tuple:
