@@ -646,10 +646,12 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
     precision = precision or _dot_precision(dtype)
     # Everything but the tensors is a function of this key (the buffers' strides
     # follow from their shapes): built once per shape, then reused.
-    key = (T, B, I, H, R, dtype, dev, save, lens is None, w_hr is None, plan, precision, c0.stride(),
+    # The plan by identity (hashing a dataclass costs more than the rest of the
+    # key); the cached entry keeps it alive and is checked to be the same one.
+    key = (T, B, I, H, R, dtype, dev, save, lens is None, w_hr is None, id(plan), precision, c0.stride(),
            w_hh.stride(), None if w_hr is None else w_hr.stride(), _MAX_SPIN, _MAX_ARRIVALS, _interpreting())
     cached = _FWD_CACHE.get(key)
-    if cached is None:
+    if cached is None or cached[1].plan is not plan:
         sizes = dict(T=T, B=B, H=H, R=R, s_w_g=w_hh.stride(0), s_w_r=w_hh.stride(1),
                      s_wr_r=w_hr.stride(0) if w_hr is not None else 0, s_wr_h=w_hr.stride(1) if w_hr is not None else 0)
         sizes.update(zip(("s_xg_t", "s_xg_b", "s_xg_g"), xg.stride()))
