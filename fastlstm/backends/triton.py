@@ -274,7 +274,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
     if dtype != torch.float32:
         return "tf32"
     cudnn = torch.backends.cudnn
-    rnn = getattr(cudnn, "rnn", None)
+    rnn = _cudnn_rnn()
     # Newer torch: the rnn setting reads back the effective value (it inherits
     # from cudnn's and the global one); reading the legacy allow_tf32 after a
     # user set a new-style value raises there.
@@ -282,6 +282,13 @@ def _dot_precision(dtype: torch.dtype) -> str:
     if precision is not None:
         return "tf32" if precision == "tf32" else "ieee"
     return "tf32" if cudnn.allow_tf32 else "ieee"
+
+
+@functools.lru_cache(maxsize=None)
+def _cudnn_rnn():
+    """`torch.backends.cudnn.rnn` (newer torch), or None: looked up once, as the
+    lookup costs more host time than reading the setting."""
+    return getattr(torch.backends.cudnn, "rnn", None)
 
 
 def _upcast_dot(t: Tensor) -> bool:
@@ -871,16 +878,14 @@ def _check(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
     if w_hh.dim() != 2 or w_hh.shape[0] % 4:
         raise ValueError(f"lstm_layer_triton: w_hh must be (4H, R), got shape {tuple(w_hh.shape)}")
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
-    expected = {
-        "h0": (h0, (B, R)), "c0": (c0, (B, H)), "w_ih": (w_ih, (4 * H, I)),
-        "b_ih": (b_ih, (4 * H,)), "b_hh": (b_hh, (4 * H,)), "w_hr": (w_hr, (R, H)),
-    }
-    for name, (tensor, shape) in expected.items():
+    dtype, device = x.dtype, x.device
+    for name, tensor, shape in (("h0", h0, (B, R)), ("c0", c0, (B, H)), ("w_ih", w_ih, (4 * H, I)),
+                                ("b_ih", b_ih, (4 * H,)), ("b_hh", b_hh, (4 * H,)), ("w_hr", w_hr, (R, H))):
         if tensor is None:
             continue
-        if tuple(tensor.shape) != shape:
+        if tensor.shape != shape:  # a torch.Size equals the tuple of its sizes
             raise ValueError(f"lstm_layer_triton: {name} must have shape {shape}, got {tuple(tensor.shape)}")
-        if tensor.dtype != x.dtype or tensor.device != x.device:
+        if tensor.dtype != dtype or tensor.device != device:
             raise TypeError(
                 f"lstm_layer_triton: {name} must be {x.dtype} on {x.device} like x, "
                 f"got {tensor.dtype} on {tensor.device}"
