@@ -220,11 +220,16 @@ def test_native_forward_backward_under_sync_debug_mode_error(proj):
     x = torch.randn(8, 4, 16, device="cuda", requires_grad=True)
     m(x)[0].sum().backward()  # compiles
     torch.cuda.synchronize()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([8, 5, 5, 2]))
+    m(packed)[0].data.sum().backward()
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for T in (1, 8):
             out, (h, c) = m(x[:T])
             (out.sum() + h.sum() + c.sum()).backward()
+        out, (h, c) = m(packed)  # packed: indices built on the host, copied without a sync
+        (out.data.sum() + h.sum() + c.sum()).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
