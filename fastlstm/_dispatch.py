@@ -27,6 +27,10 @@ def triton_unavailable_reason(x) -> Optional[str]:
     """Why the Triton backend cannot run on `x` (a tensor or a device), or None when it can."""
     device = x.device if isinstance(x, Tensor) else torch.device(x)
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if device.type == "meta":
+        if not _triton_installed():
+            return "the 'triton' package is not installed (pip install 'fastlstm[triton]')"
+        return None  # shapes only: every backend gives them without running (as nn.LSTM's meta kernels)
     if device.type == "cpu" and not interpret:
         return (
             "the input is on the CPU, where Triton kernels run only under the "
@@ -35,11 +39,15 @@ def triton_unavailable_reason(x) -> Optional[str]:
         )
     if device.type not in ("cpu", "cuda"):
         return f"Triton does not run on device type {device.type!r}"
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return "the 'triton' package is not installed (pip install 'fastlstm[triton]')"
     if device.type == "cuda" and not interpret:
         return _cuda_unsupported_reason(device.index)
     return None
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import _ops
 from ._dispatch import _cell_from_layer, check_backend_name, resolve_backend, resolve_cell_backend
-from .backends._common import sequence_lengths
+from .backends._common import host_to_device, sequence_lengths
 from .backends.reference import lstm_cell_reference, lstm_layer_reference
 
 
@@ -65,11 +65,21 @@ def lstm(
     num_directions = 2 if bidirectional else 1
     groups = _weight_groups(weights, has_biases, num_layers * num_directions)
     _check_lstm_args(input, hx, groups, num_directions, batch_sizes, batch_first)
+    return _lstm(input, hx, groups, num_layers, dropout, train, bidirectional, batch_first, batch_sizes, backend)
+
+
+def _lstm(input: Tensor, hx: Tuple[Tensor, Tensor], groups, num_layers: int, dropout: float, train: bool,
+          bidirectional: bool, batch_first: bool, batch_sizes: Optional[Tensor], backend: str):
+    """`lstm` on checked arguments, the weights split by `_weight_groups`:
+    `fastlstm.LSTM` comes here directly, having checked its inputs as
+    torch.nn does (its own weights have their shapes by construction)."""
+    num_directions = 2 if bidirectional else 1
     h0, c0 = hx
 
     if batch_sizes is not None:
         batch_sizes = batch_sizes.to(device="cpu", dtype=torch.int64)
         live = _live_mask(batch_sizes, input.device)
+        rows = _live_rows(batch_sizes, input.device)
         x = _unpack(input, live)
     else:
         live = None
@@ -105,12 +115,14 @@ def lstm(
             if live is None:
                 x = F.dropout(x, dropout, True)
             else:
-                x = _unpack(F.dropout(x[live], dropout, True), live)
+                x = _unpack(F.dropout(_pack(x, rows), dropout, True), live)
 
     if live is not None:
-        output = x[live]
+        output = _pack(x, rows)
     else:
         output = x.transpose(0, 1) if batch_first else x
+    if len(h_n) == 1:  # one layer, one direction: a view, no copy
+        return output, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
     return output, torch.stack(h_n), torch.stack(c_n)
 
 
@@ -259,7 +271,21 @@ def _live_mask(batch_sizes: Tensor, device: torch.device) -> Tensor:
     """(T, B) bool: row b is live at step t. Its True entries, read in row-major
     order, are the PackedSequence's data rows in order."""
     rows = torch.arange(int(batch_sizes[0]))
-    return (rows.unsqueeze(0) < batch_sizes.unsqueeze(1)).to(device)
+    return host_to_device(rows.unsqueeze(0) < batch_sizes.unsqueeze(1), device)
+
+
+def _live_rows(batch_sizes: Tensor, device: torch.device) -> Tensor:
+    """(N,) int64: the flat (t * B + b) indices of the live entries, in order: the
+    PackedSequence's data rows. Found on the CPU from batch_sizes (which the
+    host has), so packing back is a gather of known size: no read of the device
+    (a boolean mask index would wait for it) and it works on meta tensors."""
+    live = torch.arange(int(batch_sizes[0])).unsqueeze(0) < batch_sizes.unsqueeze(1)
+    return host_to_device(live.flatten().nonzero().squeeze(1), device)
+
+
+def _pack(x: Tensor, rows: Tensor) -> Tensor:
+    """Zero-padded (T, B, F) -> packed data (N, F): the rows `_live_rows` names."""
+    return x.reshape(-1, x.shape[-1]).index_select(0, rows)
 
 
 def _unpack(data: Tensor, live: Tensor) -> Tensor:
@@ -275,7 +301,7 @@ def _reverse_index(batch_sizes: Optional[Tensor], T: int, B: int, device: torch.
     lengths = sequence_lengths(batch_sizes, B)
     t = torch.arange(T).unsqueeze(1)
     index = torch.where(t < lengths, lengths - 1 - t, t)  # dead steps map to themselves
-    return index.to(device)
+    return host_to_device(index, device)
 
 
 def _reverse(x: Tensor, index: Optional[Tensor]) -> Tensor:

@@ -142,7 +142,7 @@ class LSTM(nn.LSTM):
                 if not is_batched:
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         self.check_forward_args(x, hx, batch_sizes)
-        weights = [getattr(self, name) for name in self._flat_weights_names]
+        weights = self._flat_weights  # refreshed by _update_flat_weights, as nn.LSTM reads them
         x, hx, weights, autocast_off = _autocast_inputs(x, hx, weights, packed=packed)
         _check_devices_and_dtypes(x, hx, weights[0])
         if x.size(1 if (self.batch_first and not packed) else 0) == 0:
@@ -150,18 +150,17 @@ class LSTM(nn.LSTM):
         hx = self.permute_hidden(hx, sorted_indices)
 
         with autocast_off:
-            output, h_n, c_n = functional.lstm(
+            output, h_n, c_n = functional._lstm(
                 x,
                 hx,
-                weights,
-                self.bias,
+                functional._weight_groups(weights, self.bias, self.num_layers * num_directions),
                 self.num_layers,
                 float(self.dropout),
                 self.training,
                 self.bidirectional,
                 self.batch_first,
-                batch_sizes=batch_sizes,
-                backend=self.backend,
+                batch_sizes,
+                self.backend,
             )
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)

@@ -20,6 +20,12 @@ memory. Each step runs the same step body in every mode:
                  fallback, and how the interpreter runs multi-program grids
                  (it runs programs one after another, so a spin would hang).
 
+No host-device synchronisation: a persistent launch's barrier counter and
+error flags live in a workspace (`_WS_*`) that the launch leaves at zero for
+the next one (`_end_launch`); a launch whose barrier timed out writes NaN
+into its outputs (`_launch_failed`) and leaves a sticky flag that the host
+reads later without waiting (fastlstm.backends.triton, `_Workspace`).
+
 A step is one phase without projection, two with it (the projection needs all
 of o * tanh(c), which other programs write): the forward's cell phase (CELL)
 and projection phase (PROJECT), the backward's recurrent phase (RECUR: dh from
@@ -32,11 +38,13 @@ Layout (time-major, explicit strides; H hidden units, R = proj_size or H):
     wr     (R, H)       W_hr (projection)
     h0     (B, R)       same strides as one step of hs
     hs     (T, B, R)    h_1 .. h_T; a row past its length carries its state
-    c      (T+1, B, H)  float32 cell states, c[0] = c0 (time stride 0 when
-                        nothing is saved: one tile updated in place)
+    c      (T+1, B, H)  float32 cell states, c[0] = c0 (copied by the kernel;
+                        time stride 0 when nothing is saved: one tile
+                        updated in place)
     gates  (T, B, 4H)   float32 activated gates, saved for the backward
     hc     (T, B, H)    o * tanh(c) before the projection (storage dtype)
-    dg     (T+1, B, 4H) gradients of the gate pre-activations, dg[T] = 0
+    dg     (T, B, 4H)   gradients of the gate pre-activations (dg[T] = 0 is
+                        read from a separate zero buffer)
 
 Tiles are (BLOCK_B rows, units); the batch is looped over inside a step, so a
 program's weights serve every row. Products accumulate in float32, and c,
@@ -73,17 +81,20 @@ def _tanh(x):
 def _grid_barrier(p_sync, target, max_spin, p_err):
     """Arrive at the barrier and wait until `target` arrivals have been counted.
 
-    p_sync is one int32 counter, zero at launch, that only grows: the n-th
-    barrier of a launch waits for n * num_programs arrivals, so no counter is
-    ever reset mid-launch. The arrival is a release and the poll an acquire
-    (both at GPU scope), with a CTA barrier on either side, so every store this
-    program made before arriving is visible to every program after it leaves.
-    Scalar atomics run on one thread of the program (triton 3.9 turns the
-    polling add of 0 into an acquire load). The spin is bounded: after
-    `max_spin` polls it gives up and sets *p_err, which the host turns into an
-    error (a hang becomes a RuntimeError). Returns the spin budget for this
-    program's next barrier: 0 once it has given up, so a broken launch ends
-    after one timeout rather than one per barrier.
+    p_sync is one int32 counter, zero at launch, that only grows within a
+    launch: the n-th barrier of a launch waits for n * num_programs arrivals,
+    so no counter is ever reset mid-launch (`_end_launch` resets it once every
+    program is past its last barrier). The arrival is a release and the poll
+    an acquire (both at GPU scope), with a CTA barrier on either side, so every
+    store this program made before arriving is visible to every program after
+    it leaves. Scalar atomics run on one thread of the program (triton 3.9
+    turns the polling add of 0 into an acquire load). The spin is bounded:
+    after `max_spin` polls it gives up and sets *p_err (see `_end_launch` for
+    what follows: NaN outputs and an error on the host). Returns the spin
+    budget for this program's next barrier: 0 once it has given up, so a
+    broken launch ends after one timeout rather than one per barrier (a program
+    that gave up still arrives at every later barrier, so the counts stay
+    whole).
     """
     tl.debug_barrier()
     tl.atomic_add(p_sync, 1, sem="release", scope="gpu")
@@ -94,10 +105,85 @@ def _grid_barrier(p_sync, target, max_spin, p_err):
         n += 1
     spin = max_spin
     if seen < target:
-        tl.atomic_max(p_err, 1)
+        tl.atomic_max(p_err, 1, sem="release", scope="gpu")
         spin = max_spin * 0
     tl.debug_barrier()
     return spin
+
+
+# The persistent kernels' workspace: one int32 buffer per (device, stream),
+# zeroed once when the host creates it, that every launch leaves as it found
+# it (zeros), apart from the sticky flag.
+_WS_COUNT = tl.constexpr(0)  # barrier arrivals of this launch
+_WS_EXITS = tl.constexpr(1)  # programs that have finished this launch
+_WS_ERR = tl.constexpr(2)  # set when a barrier of this launch timed out
+_WS_STICKY = tl.constexpr(3)  # set, and left set, when any launch's barrier timed out (the host reads and clears it)
+
+
+@triton.jit
+def _launch_failed(p_ws):
+    """Whether a barrier of this launch timed out, as seen by this program after
+    its last barrier (an acquire read of the launch's error flag).
+
+    Why this catches every barrier that gave up before this program's last
+    barrier completed: a program that gives up sets the flag (a release) before
+    it arrives at its next barrier, and this program's last barrier either
+    completed, having acquired every program's final arrival, which comes
+    after any flag that program set, or gave up, and set the flag itself. A
+    program that gives up only at the very last barrier sets the flag after
+    the others may have looked: their results need nothing after that
+    barrier, so they are right, and the giving-up program poisons its own.
+    """
+    return tl.atomic_add(p_ws + _WS_ERR, 0, sem="acquire", scope="gpu") != 0
+
+
+@triton.jit
+def _end_launch(p_ws):
+    """The last program to finish a persistent launch resets the workspace for
+    the next launch: the barrier counter, the exit count and the launch's error
+    flag go back to zero, and a set error flag is kept in the sticky flag that
+    the host checks (fastlstm.backends.triton, `_Workspace`).
+
+    Memory ordering: each program calls this after its last barrier and after
+    `_launch_failed`; its exit is an acq_rel add, so the program that counts the
+    last exit has acquired every other program's exit, and no program reads
+    the counter or the flag after its exit. The reset stores need no ordering
+    of their own: the next launch on this stream starts after this one has
+    ended (stream order), and a kernel's end makes its stores visible to
+    later kernels. A grid that is not co-resident still ends (every spin is
+    bounded), so the reset always happens.
+    """
+    tl.debug_barrier()
+    exits = tl.atomic_add(p_ws + _WS_EXITS, 1, sem="acq_rel", scope="gpu")
+    if exits == tl.num_programs(0) - 1:
+        err = tl.atomic_xchg(p_ws + _WS_ERR, 0, sem="acq_rel", scope="gpu")
+        tl.atomic_max(p_ws + _WS_STICKY, err, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(p_ws + _WS_COUNT, 0, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(p_ws + _WS_EXITS, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _fill_nan(p_dst, s_b, s_u, i_u, m_u, B, BLOCK_B: tl.constexpr):
+    """dst[b, i_u] = NaN for every row b: what a launch writes where it could
+    not compute (its barrier timed out)."""
+    for b0 in range(0, B, BLOCK_B):
+        i_b = b0 + tl.arange(0, BLOCK_B)
+        m = (i_b < B)[:, None] & m_u[None, :]
+        b_nan = ((i_b[:, None] + i_u[None, :]) * 0 + 0x7FC00000).to(tl.float32, bitcast=True)  # quiet NaN
+        tl.store(p_dst + i_b[:, None] * s_b + i_u[None, :] * s_u, b_nan.to(p_dst.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _copy_rows(p_src, s_src_b, s_src_u, p_dst, s_dst_b, s_dst_u, i_u, m_u, B, BLOCK_B: tl.constexpr):
+    """dst[b, i_u] = src[b, i_u] for every row b, cast to dst's dtype: the
+    kernels' own initialisation and final copies (c0 into c[0], the final
+    states), so that the host launches nothing for them. Only this program
+    reads or writes these units, so no barrier between programs is needed."""
+    for b0 in range(0, B, BLOCK_B):
+        i_b = b0 + tl.arange(0, BLOCK_B)
+        m = (i_b < B)[:, None] & m_u[None, :]
+        b_v = tl.load(p_src + i_b[:, None] * s_src_b + i_u[None, :] * s_src_u, mask=m, other=0.0)
+        tl.store(p_dst + i_b[:, None] * s_dst_b + i_u[None, :] * s_dst_u, b_v.to(p_dst.dtype.element_ty), mask=m)
 
 
 @triton.jit(do_not_specialize=["steps", "max_spin"])
@@ -229,10 +315,13 @@ def lstm_fwd_kernel(
     p_hc,  # (T, B, H) o * tanh(c) before the projection, written and read if HAS_PROJ
     p_out,  # (T, B, R) output with dead rows zeroed, written if PACKED; strides of hs
     p_len,  # (B,) int32 number of live steps per row, read if PACKED
-    p_sync,  # (1,) int32 barrier counter, zero at launch, used if PERSISTENT
-    p_err,  # (1,) int32 set to 1 if a barrier timed out
+    p_ws,  # (4,) int32 workspace (_WS_*): barrier counter and error flags, used if PERSISTENT
+    p_c0,  # (B, H) initial cell state, copied into c[0] by the launch that runs step 0
+    p_hn,  # (B, R) final state h_n = hs[T-1], written by the launch that runs step T-1
+    p_cn,  # (B, H) final cell state c_n = c[T] in the storage dtype, written likewise
     t0,  # first step of this launch
     t1,  # one past its last step
+    T,  # steps of the whole sequence
     B,  # batch rows
     H,  # hidden units
     R,  # size of h (= H without projection)
@@ -244,6 +333,7 @@ def lstm_fwd_kernel(
     s_c_t, s_c_b, s_c_h,  # strides of c
     s_gt_t, s_gt_b, s_gt_g,  # strides of gates
     s_hc_t, s_hc_b, s_hc_h,  # strides of hc
+    s_c0_b, s_c0_h, s_hn_b, s_hn_r, s_cn_b, s_cn_h,  # strides of c0, h_n and c_n
     BLOCK_B: tl.constexpr,  # batch rows per tile
     BLOCK_H: tl.constexpr,  # hidden units per program (cell phase)
     BLOCK_R: tl.constexpr,  # projected units per program (projection phase)
@@ -257,13 +347,21 @@ def lstm_fwd_kernel(
     HAS_PROJ: tl.constexpr,
     PACKED: tl.constexpr,
     SAVE_GATES: tl.constexpr,
+    COPY_OUT: tl.constexpr,  # copy hs[t] into out[t] after the steps (out must not alias hs)
     W_RESIDENT: tl.constexpr,  # weights loaded once per launch (else streamed per step)
     DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee" (float32 only)
     UPCAST_DOT: tl.constexpr,
 ):
     """Steps [t0, t1) of the forward: gates = xg[t] + h[t-1] @ W_hh^T, the cell
     update, and with HAS_PROJ h[t] = (o * tanh(c)) @ W_hr^T. Dead rows
-    (t >= len) keep h and c and get zeros in out."""
+    (t >= len) keep h and c and get zeros in out.
+
+    The kernel initialises what it reads and writes the final states itself
+    (c0 into c[0] before step 0; h_n, c_n after step T-1; out as a copy of hs
+    with COPY_OUT), so a layer's forward is the input GEMM and this launch.
+    A persistent launch whose barrier timed out writes NaN into everything
+    this program owns for its steps (see `_launch_failed`), then the
+    workspace is reset for the next launch (`_end_launch`)."""
     pid = tl.program_id(0)
     i_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = i_h < H
@@ -279,7 +377,16 @@ def lstm_fwd_kernel(
     b_wr = _resident(p_wr, s_wr_h, s_wr_r, i_p, m_p, H, BLOCK_K, NUM_KH, EVEN_K, W_RESIDENT and PROJECT, UPCAST_DOT)
     nprog = tl.num_programs(0)
     n_phases: tl.constexpr = 2 if (CELL and PROJECT) else 1
+    # The phase that writes h (hs, out, h_n): its units are i_p (= i_h without projection).
+    OWNS_H: tl.constexpr = PROJECT if HAS_PROJ else CELL
+    p_sync = p_ws + _WS_COUNT
+    p_err = p_ws + _WS_ERR
     spin = max_spin
+    if CELL:
+        if t0 == 0:
+            # c[0] = c0, for this program's units: only this program reads them.
+            _copy_rows(p_c0, s_c0_b, s_c0_h, p_c, s_c_b, s_c_h, i_h, m_h, B, BLOCK_B)
+            tl.debug_barrier()
 
     for t in range(t0, t1):
         t64 = tl.cast(t, tl.int64)
@@ -336,6 +443,37 @@ def lstm_fwd_kernel(
         if PERSISTENT:
             spin = _grid_barrier(p_sync, (t - t0 + 1) * n_phases * nprog, spin, p_err)
 
+    if PERSISTENT:
+        if _launch_failed(p_ws):
+            for t in range(t0, t1):
+                t64 = tl.cast(t, tl.int64)
+                if CELL:
+                    _fill_nan(p_c + (t64 + 1) * s_c_t, s_c_b, s_c_h, i_h, m_h, B, BLOCK_B)
+                    if SAVE_GATES:
+                        for q in tl.static_range(4):
+                            _fill_nan(p_gates + t64 * s_gt_t + q * H * s_gt_g, s_gt_b, s_gt_g, i_h, m_h, B, BLOCK_B)
+                    if HAS_PROJ:
+                        _fill_nan(p_hc + t64 * s_hc_t, s_hc_b, s_hc_h, i_h, m_h, B, BLOCK_B)
+                if OWNS_H:
+                    _fill_nan(p_hs + t64 * s_hs_t, s_h_b, s_h_r, i_p, m_p, B, BLOCK_B)
+                    if PACKED:
+                        _fill_nan(p_out + t64 * s_hs_t, s_h_b, s_h_r, i_p, m_p, B, BLOCK_B)
+    tl.debug_barrier()
+    if OWNS_H:
+        if COPY_OUT:
+            for t in range(t0, t1):
+                t64 = tl.cast(t, tl.int64)
+                _copy_rows(p_hs + t64 * s_hs_t, s_h_b, s_h_r, p_out + t64 * s_hs_t, s_h_b, s_h_r, i_p, m_p, B,
+                           BLOCK_B)
+        if t1 == T:
+            _copy_rows(p_hs + (tl.cast(T, tl.int64) - 1) * s_hs_t, s_h_b, s_h_r, p_hn, s_hn_b, s_hn_r, i_p, m_p, B,
+                       BLOCK_B)
+    if CELL:
+        if t1 == T:
+            _copy_rows(p_c + tl.cast(T, tl.int64) * s_c_t, s_c_b, s_c_h, p_cn, s_cn_b, s_cn_h, i_h, m_h, B, BLOCK_B)
+    if PERSISTENT:
+        _end_launch(p_ws)
+
 
 # ----------------------------------------------------------------------------
 # Backward
@@ -387,16 +525,19 @@ def lstm_bwd_kernel(
     p_dg,  # (T+1, B, 4H) gradients of the gate pre-activations: reads dg[t+1], writes dg[t]
     p_w,  # (4H, R) recurrent weight W_hh
     p_wr,  # (R, H) projection weight W_hr, read if HAS_PROJ
-    p_dout,  # (T, B, R) gradient reaching h[t] from outside the recurrence
+    p_dout,  # (T, B, R) gradient reaching h[t] from outside the recurrence (read for t < T-1)
+    p_dlast,  # (B, R) the same at t = T-1 (d_out[T-1] + d_hn), with dout's row and column strides
     p_dh,  # (T, B, R) dh[t], written and read if HAS_PROJ
     p_gates,  # (T, B, 4H) float32 activated gates from the forward
     p_c,  # (T+1, B, H) float32 cell states from the forward
     p_dc,  # (B, H) float32 running gradient of the cell state, updated in place
     p_len,  # (B,) int32 number of live steps per row, read if PACKED
-    p_sync,  # (1,) int32 barrier counter, zero at launch, used if PERSISTENT
-    p_err,  # (1,) int32 set to 1 if a barrier timed out
+    p_ws,  # (4,) int32 workspace (_WS_*): barrier counter and error flags, used if PERSISTENT
+    p_dgz,  # (B, 4H) zeros with the strides of one step of dg: read as dg[T]
+    p_dcn,  # (B, H) gradient of c_n, copied into dc by the launch that runs step T-1
     t0,  # lowest step of this launch
     t1,  # one past its highest step (steps run from t1 - 1 down to t0)
+    T,  # steps of the whole sequence
     B,  # batch rows
     H,  # hidden units
     R,  # size of h (= H without projection)
@@ -409,6 +550,7 @@ def lstm_bwd_kernel(
     s_gt_t, s_gt_b, s_gt_g,  # strides of gates
     s_c_t, s_c_b, s_c_h,  # strides of c
     s_dc_b, s_dc_h,  # strides of dc
+    s_dcn_b, s_dcn_h,  # strides of dcn
     BLOCK_B: tl.constexpr,  # batch rows per tile
     BLOCK_H: tl.constexpr,  # hidden units per program (cell phase)
     BLOCK_R: tl.constexpr,  # units of h per program (recurrent phase, with projection)
@@ -427,7 +569,12 @@ def lstm_bwd_kernel(
 ):
     """Steps t1-1 down to t0 of the backward: dh[t] = dg[t+1] @ W_hh + dout[t]
     (then dh[t] @ W_hr with HAS_PROJ), and the pointwise backward of the cell:
-    dg[t] and dc. Dead rows write zero gate gradients and pass dc through."""
+    dg[t] and dc. Dead rows write zero gate gradients and pass dc through.
+
+    dg (T, B, 4H) has no step T: dg[T] is read from the zeros p_dgz, and dc
+    starts as a copy of d_cn made here, so the host launches nothing for
+    them. A persistent launch whose barrier timed out writes NaN into what
+    this program owns (dg, dc, dh), as the forward does."""
     pid = tl.program_id(0)
     i_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = i_h < H
@@ -442,12 +589,23 @@ def lstm_bwd_kernel(
         b_wr = b_w
     nprog = tl.num_programs(0)
     n_phases: tl.constexpr = 2 if (RECUR and CELL) else 1
+    p_sync = p_ws + _WS_COUNT
+    p_err = p_ws + _WS_ERR
     spin = max_spin
+    if CELL:
+        if t1 == T:
+            # dc = d_cn, for this program's units: only this program reads them.
+            _copy_rows(p_dcn, s_dcn_b, s_dcn_h, p_dc, s_dc_b, s_dc_h, i_h, m_h, B, BLOCK_B)
+            tl.debug_barrier()
 
     for s in range(0, t1 - t0):
         t = t1 - 1 - s
         t64 = tl.cast(t, tl.int64)
         p_dg_next = p_dg + (t64 + 1) * s_dg_t
+        p_dout_t = p_dout + t64 * s_do_t
+        if t == T - 1:
+            p_dg_next = p_dgz
+            p_dout_t = p_dlast
         if RECUR:
             if pid * BLOCK_R < R:
                 for b0 in range(0, B, BLOCK_B):
@@ -456,7 +614,7 @@ def lstm_bwd_kernel(
                     m_bp = m_b[:, None] & m_p[None, :]
                     b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_p, m_p,
                                    BLOCK_B, BLOCK_R, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION, UPCAST_DOT)
-                    p_do = p_dout + t64 * s_do_t + i_b[:, None] * s_do_b + i_p[None, :] * s_do_r
+                    p_do = p_dout_t + i_b[:, None] * s_do_b + i_p[None, :] * s_do_r
                     b_dh += tl.load(p_do, mask=m_bp, other=0.0).to(tl.float32)
                     p_dh_bp = p_dh + t64 * s_dh_t + i_b[:, None] * s_dh_b + i_p[None, :] * s_dh_r
                     tl.store(p_dh_bp, b_dh.to(p_dh.dtype.element_ty), mask=m_bp)
@@ -476,10 +634,23 @@ def lstm_bwd_kernel(
                         b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_h,
                                        m_h, BLOCK_B, BLOCK_H, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION,
                                        UPCAST_DOT)
-                        p_do = p_dout + t64 * s_do_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_r
+                        p_do = p_dout_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_r
                         b_dh += tl.load(p_do, mask=m_bh, other=0.0).to(tl.float32)
                     _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H,
                                    s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h,
                                    s_dg_t, s_dg_b, s_dg_g, PACKED)
         if PERSISTENT:
             spin = _grid_barrier(p_sync, (s + 1) * n_phases * nprog, spin, p_err)
+
+    if PERSISTENT:
+        if _launch_failed(p_ws):
+            if CELL:
+                for t in range(t0, t1):
+                    for q in tl.static_range(4):
+                        _fill_nan(p_dg + tl.cast(t, tl.int64) * s_dg_t + q * H * s_dg_g, s_dg_b, s_dg_g, i_h, m_h, B,
+                                  BLOCK_B)
+                _fill_nan(p_dc, s_dc_b, s_dc_h, i_h, m_h, B, BLOCK_B)
+            if RECUR:
+                for t in range(t0, t1):
+                    _fill_nan(p_dh + tl.cast(t, tl.int64) * s_dh_t, s_dh_b, s_dh_r, i_p, m_p, B, BLOCK_B)
+        _end_launch(p_ws)

@@ -107,7 +107,8 @@ def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, g
         x, h0, c0, w_ih, w_hh = z(T, B, H), z(B, R), z(B, H), z(4 * H, H), z(4 * H, R)
         w_hr = z(R, H) if proj else None
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=precision != "ieee"):
-            out, hs, cs, gates, hc = tb._lstm_fwd(x, h0, c0, w_ih, w_hh, z(4 * H), w_hr, lens, training, fwd_plan)
+            out, hs, cs, gates, hc, _, _ = tb._lstm_fwd(x, h0, c0, w_ih, w_hh, z(4 * H), w_hr, lens, training,
+                                                        fwd_plan)
             if training:
                 tb._lstm_bwd(z(T, B, R), z(B, R), z(B, H), x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
                              (True,) * 7, bwd_plan)

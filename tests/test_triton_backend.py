@@ -520,28 +520,53 @@ def test_per_step_fallback_on_a_gpu_compiles_once_and_launches_the_compiled_kern
     assert runs == [((5, 1, 1), t, t + 1, 1234, len(names)) for t in range(3)]
 
 
+@pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
 @pytest.mark.parametrize("which", ["forward", "backward"])
-def test_barrier_timeout_is_an_error_naming_the_shape(monkeypatch, which):
+def test_barrier_timeout_gives_nan_and_an_error_naming_the_shape_at_the_next_call(monkeypatch, which, proj):
     """A persistent grid whose programs are not all resident at once: the
     interpreter runs them one after another, so the first waits at its barrier
-    in vain. The bounded spin gives up and the host raises."""
+    in vain. The bounded spin gives up; the broken launch writes NaN into every
+    output (the forward's, or every gradient), and the next call on the device
+    raises the named error (the host never waits for the flag). After that the
+    device works again."""
     if not INTERPRETED:
         pytest.skip("on a GPU the persistent grid is co-resident; the interpreter is not")
     monkeypatch.setattr(tb, "_MAX_SPIN", 20)
     monkeypatch.setattr(tb, "_MIN_UNITS", 4)
     real = tb.plans_for
+    broken = [True]
 
     def plans_for(x, hidden, proj, training):
+        good = real(x, hidden, proj, training)
+        if not broken[0]:
+            return good
         args = (x.shape[1], hidden, proj, x.dtype, 10_000, 227 * 1024, training)
         # cooperative=True: a two-program persistent grid, which cannot work here
         bad = [tb.launch_plan(*args, kernel=k, cooperative=True) for k in ("forward", "backward")]
         assert all(p.persistent and p.grid[0] > 1 for p in bad)
-        good = real(x, hidden, proj, training)
         return (bad[0], bad[1]) if which == "forward" else (good[0], bad[1])
 
     monkeypatch.setattr(tb, "plans_for", plans_for)
-    with pytest.raises(RuntimeError, match=rf"barrier .*timed out \({which}, T=3, B=2, I=3, H=7, R=7, float32"):
-        _train_once(Layer(T=3, B=2, I=3, H=7))
+    # Buffers start as zeros here, not NaN: the NaN must be the kernel's.
+    monkeypatch.setattr(tb, "_empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
+    layer = Layer(T=3, B=2, I=3, H=7, proj=proj)
+    R = proj or 7
+    inputs = {k: (v.to(device=DEVICE, dtype=torch.float32).requires_grad_() if v is not None else None)
+              for k, v in layer.inputs().items()}
+    out, h_n, c_n = tb.lstm_layer_triton(*inputs.values())
+    if which == "forward":
+        assert all(t.isnan().all() for t in (out, h_n, c_n)), "a broken forward's outputs must all be NaN"
+    else:
+        assert all(t.isfinite().all() for t in (out, h_n, c_n))
+        (out.sum() + h_n.sum() + c_n.sum()).backward()
+        grads = {k: v.grad for k, v in inputs.items() if v is not None}
+        assert all(g.isnan().all() for g in grads.values()), \
+            f"a broken backward's gradients must all be NaN: {[k for k, g in grads.items() if not g.isnan().all()]}"
+    with pytest.raises(RuntimeError, match=rf"barrier .*timed out \({which}, T=3, B=2, I=3, H=7, R={R}, float32"):
+        tb.lstm_layer_triton(*[v.detach() if v is not None else None for v in inputs.values()])
+    broken[0] = False
+    out, h_n, c_n = tb.lstm_layer_triton(*[v.detach() if v is not None else None for v in inputs.values()])
+    assert all(t.isfinite().all() for t in (out, h_n, c_n)), "the error is raised once, then the device works"
 
 
 @pytest.mark.parametrize("flag", [True, False], ids=["tf32-on", "tf32-off"])

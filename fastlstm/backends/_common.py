@@ -131,3 +131,76 @@ def sequence_lengths(batch_sizes: Tensor, batch: int) -> Tensor:
     """(B,) int64 on the CPU: each row's length, from a PackedSequence's batch_sizes
     (row b is live at step t while b < batch_sizes[t])."""
     return (batch_sizes.unsqueeze(1) > torch.arange(batch).unsqueeze(0)).sum(0)
+
+
+def host_to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor (indices, lengths) on `device` without waiting: on CUDA
+    through pinned memory and a non-blocking copy (a copy from pageable memory
+    synchronises the stream). The caching host allocator keeps the pinned block
+    until the copy has run."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def has_no_data(t: Tensor) -> bool:
+    """Whether `t` carries shapes but no data: a meta tensor, or a FakeTensor
+    (FakeTensorMode: shape inference, torch.compile's tracing). Backends then
+    give outputs of the right shapes and dtypes without computing, as
+    nn.LSTM's meta kernels do."""
+    if type(t) is Tensor or type(t) is torch.nn.Parameter:
+        return t.is_meta  # the common case, without importing anything
+    from torch._subclasses.fake_tensor import is_fake
+
+    return t.is_meta or is_fake(t)
+
+
+class DeferredError:
+    """An error found on a device, reported without waiting for the device.
+
+    `flag(bad)` adds a 0-dim bool device tensor into a per-device int32
+    accumulator (one small kernel); a non-blocking copy of the accumulator to
+    pinned memory, with an event after it, lets `check()` at a later call raise
+    once the copy has landed, never waiting for it. One copy is in flight at a
+    time. On the CPU there is no device to wait for, so callers check there
+    directly instead.
+    """
+
+    def __init__(self, device: torch.device, message: str):
+        self.device, self.message = device, message
+        self.acc = torch.zeros(1, dtype=torch.int32, device=device)
+        self.host = None  # pinned, made at the first copy (never while a CUDA graph is captured)
+        self.event = None
+        self.dirty = False
+
+    def flag(self, bad: Tensor) -> None:
+        self.acc.add_(bad)
+        self.dirty = True
+        self._copy()
+
+    def _copy(self) -> None:
+        if self.event is not None or not self.dirty or self.device.type != "cuda" \
+                or torch.cuda.is_current_stream_capturing():
+            return
+        if self.host is None:
+            self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+        self.host.copy_(self.acc, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+        self.dirty = False
+
+    def check(self) -> None:
+        """Raise the error if a finished copy saw it set (then clear it). On the
+        CPU the accumulator itself is read (it is host memory)."""
+        if self.device.type == "cpu":
+            seen = self.acc.numpy()
+        else:
+            if self.event is None or torch.cuda.is_current_stream_capturing() or not self.event.query():
+                return
+            self.event = None
+            seen = self.host.numpy()
+        if int(seen[0]):
+            seen[0] = 0
+            self.acc.zero_()
+            raise RuntimeError(self.message)
+        self._copy()

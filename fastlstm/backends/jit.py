@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._common import (FunctionCtx, ScriptedOnce, differentiable_backward, needs_autograd, reference_grads,
-                      transforms_active)
+from ._common import (DeferredError, FunctionCtx, ScriptedOnce, differentiable_backward, has_no_data,
+                      needs_autograd, reference_grads, transforms_active)
 from .reference import lstm_layer_reference
 
 __all__ = ["lstm_layer_jit", "LSTMJitFunction"]
@@ -553,12 +553,20 @@ class LSTMJitFunction(torch.autograd.Function):
         ctx.batch_sizes = batch_sizes
         ctx.empty = T == 0
         ctx.unscaled = False
-        if ctx.empty:
+        if ctx.empty or has_no_data(x):
+            # No steps, or shapes without data (meta, FakeTensorMode): nothing to compute.
+            ctx.empty = True
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
             ctx.save_for_backward(*inputs)
-            return x.new_zeros(0, B, h0.shape[1]), h0.clone(), c0.clone()
+            if T == 0:
+                return x.new_zeros(0, B, h0.shape[1]), h0.clone(), c0.clone()
+            return x.new_empty(T, B, h0.shape[1]), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
         plain = _plain(B, c0.shape[1], save)
-        ctx.unscaled = not plain and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr)
+        # The weights' range decides whether the scaled steps are exact. On the
+        # CPU it is read (no device to wait for; cached per weight version);
+        # elsewhere it is checked on the device without a read (`_flag_on_device`).
+        on_cpu = x.device.type == "cpu"
+        ctx.unscaled = on_cpu and not plain and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr)
         if ctx.unscaled:
             # Weights whose power-of-two scalings would overflow: the reference
             # loop, forward here and (recomputed) in the backward.
@@ -578,6 +586,8 @@ class LSTMJitFunction(torch.autograd.Function):
         chunk = _chunk(T, B)
         out, h_n, c_n, S, C, TH, M = fwd(x32, h032, c032, wi, wh, bias, wr, sizes, save, use_mkldnn, chunk,
                                          T >= _REORDER_MIN_STEPS, plain)
+        if not on_cpu and not plain and dtype not in _HALF_TYPES:
+            out, h_n, c_n = _flag_on_device((w_ih, w_hh, b_ih, b_hh, w_hr), (out, h_n, c_n))
         result = out.to(dtype) if dtype in _HALF_TYPES else out
         if save:
             if result is out:
@@ -664,6 +674,8 @@ def lstm_layer_jit(
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if transforms_active(*tensors):
         return lstm_layer_reference(*tensors, batch_sizes)
+    if x.device.type != "cpu" and not has_no_data(x):
+        _check_device(x.device)
     if needs_autograd(*tensors):
         result = LSTMJitFunction.apply(*tensors, batch_sizes, True)
     else:
@@ -672,6 +684,10 @@ def lstm_layer_jit(
         result = LSTMJitFunction.forward(FunctionCtx(args), *args)
         if _plain(x.shape[1], c0.shape[1], False):
             return result  # nothing was scaled, so nothing can have overflowed
+    if x.device.type != "cpu" or x.dtype in _HALF_TYPES or x.shape[0] == 0 or has_no_data(x):
+        # Off the CPU the range was checked on the device, uncached; half
+        # types run in float32, whose range holds them; no data, no overflow.
+        return result
     if not _finite(result[1], result[2]) and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr, cached=False):
         # Weights edited through .data (which leaves _version alone) past the range
         return lstm_layer_reference(*tensors, batch_sizes)
@@ -679,7 +695,42 @@ def lstm_layer_jit(
 
 
 def _finite(h: Tensor, c: Tensor) -> bool:
-    return bool(torch.isfinite(h).all() & torch.isfinite(c).all())  # one sync
+    return bool(torch.isfinite(h).all() & torch.isfinite(c).all())  # CPU only: a read, no device to wait for
+
+
+_RANGE_MESSAGE = ("fastlstm: backend 'jit' was given weights beyond an eighth of {dtype}'s range on {device} "
+                  "(an entry above {limit:.3g} in magnitude, or inf), where its power-of-two weight scalings "
+                  "would overflow; the outputs of that call were set to NaN. Off the CPU the check runs on the "
+                  "device without waiting, so it is reported at the next call. Use backend='reference' "
+                  "for such weights")
+# device -> its DeferredError (weights out of range, seen on the device).
+_DEVICE_ERRORS: dict = {}
+
+
+def _check_device(device: torch.device) -> None:
+    """Raise the out-of-range error a finished earlier call on `device` found."""
+    for (dev, _), err in list(_DEVICE_ERRORS.items()):
+        if dev == device:
+            err.check()
+
+
+def _flag_on_device(weights, outputs):
+    """Off the CPU, without reading the device: whether any weight lies past
+    `_scaling_is_finite`'s limit is computed there (every call, so `.data`
+    edits are seen too). If so the outputs become NaN, and the next call on
+    the device raises the error naming the problem (`DeferredError`). So an
+    overflowed scaling never gives a silent wrong answer, and nothing waits."""
+    ws = [w.detach() for w in weights if w is not None and w.numel()]
+    dtype = ws[0].dtype
+    limit = torch.finfo(dtype).max / 8
+    bad = torch.stack(torch._foreach_norm(ws, float("inf"))).max() > limit
+    key = (ws[0].device, dtype)
+    err = _DEVICE_ERRORS.get(key)
+    if err is None:
+        message = _RANGE_MESSAGE.format(dtype=str(dtype).replace("torch.", ""), device=ws[0].device, limit=limit)
+        err = _DEVICE_ERRORS.setdefault(key, DeferredError(ws[0].device, message))
+    err.flag(bad)
+    return tuple(t.masked_fill(bad, float("nan")) for t in outputs)
 
 
 # weight -> (its _version when checked, within range): parameters are checked

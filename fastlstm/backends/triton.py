@@ -33,13 +33,15 @@ import dataclasses
 import functools
 import inspect
 import os
+import threading
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..kernels import lstm as _k
-from ._common import differentiable_backward, needs_autograd, reference_grads, sequence_lengths, transforms_active
+from ._common import (differentiable_backward, has_no_data, host_to_device, needs_autograd, reference_grads, sequence_lengths,
+                      transforms_active)
 from .reference import lstm_layer_reference
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -272,7 +274,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
     if dtype != torch.float32:
         return "tf32"
     cudnn = torch.backends.cudnn
-    rnn = getattr(cudnn, "rnn", None)
+    rnn = _cudnn_rnn()
     # Newer torch: the rnn setting reads back the effective value (it inherits
     # from cudnn's and the global one); reading the legacy allow_tf32 after a
     # user set a new-style value raises there.
@@ -280,6 +282,13 @@ def _dot_precision(dtype: torch.dtype) -> str:
     if precision is not None:
         return "tf32" if precision == "tf32" else "ieee"
     return "tf32" if cudnn.allow_tf32 else "ieee"
+
+
+@functools.lru_cache(maxsize=None)
+def _cudnn_rnn():
+    """`torch.backends.cudnn.rnn` (newer torch), or None: looked up once, as the
+    lookup costs more host time than reading the setting."""
+    return getattr(torch.backends.cudnn, "rnn", None)
 
 
 def _upcast_dot(t: Tensor) -> bool:
@@ -329,7 +338,7 @@ class _StepLauncher:
 
 
 def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dict[str, object],
-            steps: int, phases: Tuple[Dict[str, bool], ...], reverse: bool, shape: str) -> None:
+            steps: int, phases: Tuple[Dict[str, bool], ...], reverse: bool, shape: tuple) -> None:
     """Run `kernel` over steps [0, steps) as the plan says.
 
     `phases` are the constexpr switches of each phase of a step (one phase, or
@@ -339,53 +348,204 @@ def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dic
     Per step (and for a single step): one launch per phase and step, forward
     or, with `reverse`, backward in time.
     """
-    device = params["p_sync"].device
-    options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
-    if plan.maxnreg is not None and not _interpreting() and torch.version.hip is None:
-        options["maxnreg"] = plan.maxnreg  # an NVIDIA option
-    constexprs = dict(constexprs, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_R=plan.block_r,
-                      BLOCK_K=plan.block_k, W_RESIDENT=plan.w_resident)
-    # A single step needs no barrier: launched step-wise it needs no check of
-    # the barrier's flag either, so the host does not wait for the GPU (an
-    # LSTMCell, or a sequence fed one step at a time).
-    if plan.persistent and steps > 1:
-        switches = {k: any(p[k] for p in phases) for k in phases[0]}
-        per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
-        if device.type == "cuda" and not _interpreting():
-            options["launch_cooperative_grid"] = True
-        sync, err = params["p_sync"], params["p_err"]
-        starts = list(range(0, steps, per_launch))
-        for i, t0 in enumerate(reversed(starts) if reverse else starts):
-            if i:
-                sync.zero_()
-            t1 = min(steps, t0 + per_launch)
-            kernel[plan.grid](**params, **constexprs, **switches, t0=t0, t1=t1, max_spin=_MAX_SPIN,
-                              PERSISTENT=True, **options)
-        _check_barrier(err, plan, shape)
+    _run(_Prepared(kernel, plan, constexprs, steps, phases, reverse, params["p_ws"].device), params, shape)
+
+
+class _Prepared:
+    """What `_launch` derives from the plan and the call's shape alone: the
+    launches' keyword arguments apart from the tensors and sizes, so that a
+    layer call of a shape seen before rebuilds none of it (see `_lstm_fwd`)."""
+
+    def __init__(self, kernel, plan: LaunchPlan, constexprs: Dict[str, object], steps: int,
+                 phases: Tuple[Dict[str, bool], ...], reverse: bool, device: torch.device):
+        self.kernel, self.plan, self.steps, self.reverse = kernel, plan, steps, reverse
+        options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+        if plan.maxnreg is not None and not _interpreting() and torch.version.hip is None:
+            options["maxnreg"] = plan.maxnreg  # an NVIDIA option
+        self.options = options
+        self.constexprs = dict(constexprs, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_R=plan.block_r,
+                               BLOCK_K=plan.block_k, W_RESIDENT=plan.w_resident)
+        # A single step needs no barrier: it is launched step-wise (an LSTMCell,
+        # or a sequence fed one step at a time).
+        self.persistent = plan.persistent and steps > 1
+        self.device = device
+        self.phases = phases
+        if self.persistent:
+            switches = {k: any(p[k] for p in phases) for k in phases[0]}
+            if device.type == "cuda" and not _interpreting():
+                options = dict(options, launch_cooperative_grid=True)
+            per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
+            starts = list(range(0, steps, per_launch))
+            # Each launch leaves the workspace's counter at zero for the next
+            # one (kernels.lstm._end_launch): nothing to reset between them.
+            self.launches = [(plan.grid, dict(self.constexprs, **switches, t0=t0, t1=min(steps, t0 + per_launch),
+                                              max_spin=_MAX_SPIN, PERSISTENT=True, **options))
+                             for t0 in (reversed(starts) if reverse else starts)]
+        else:
+            self.grids = [plan.grid if p.get("CELL") else (plan.proj_grid,) for p in phases]
+            # One launch per phase: straight through Triton's dispatcher, which
+            # costs less than compiling a _StepLauncher for a single use.
+            self.launches = [(g, dict(self.constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN, PERSISTENT=False,
+                                      **options)) for g, p in zip(self.grids, phases)]
+
+
+def _run(prep: _Prepared, params: Dict[str, object], shape: tuple) -> None:
+    """Launch what `prep` describes with the call's tensors and sizes `params`."""
+    kernel = prep.kernel
+    if prep.persistent or prep.steps == 1:
+        for grid, kwargs in prep.launches:
+            kernel[grid](**params, **kwargs)
+        if prep.persistent:
+            _workspace_of(params["p_ws"]).launched((shape, prep.plan))
         return
-    grids = [plan.grid if p.get("CELL") else (plan.proj_grid,) for p in phases]
+    device, steps = prep.device, prep.steps
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" and not _interpreting() else None
-    launchers = [_StepLauncher(kernel, g, dict(params, **constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN,
-                                               PERSISTENT=False), options, stream)
-                 for g, p in zip(grids, phases)]
-    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+    launchers = [_StepLauncher(kernel, g, dict(params, **prep.constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN,
+                                               PERSISTENT=False), prep.options, stream)
+                 for g, p in zip(prep.grids, prep.phases)]
+    for t in (range(steps - 1, -1, -1) if prep.reverse else range(steps)):
         for launcher in launchers:
             launcher(t, t + 1)
 
 
-def _check_barrier(err: Tensor, plan: LaunchPlan, shape: str) -> None:
-    """Raise if a program of a persistent launch gave up waiting at a barrier.
+_TIMEOUT_MESSAGE = ("fastlstm: a barrier of the persistent Triton LSTM kernel timed out ({launches}); "
+                    "the programs of the grid were not all resident at once. That launch wrote NaN into its "
+                    "outputs (they are not valid); this error is raised at the next layer call on {device} "
+                    "after it ended. Please report this with the shape and GPU")
 
-    The check reads one int from the device, so it waits for the launch; while
-    a CUDA graph is being captured it becomes a device-side assert instead.
+
+class _Workspace:
+    """The persistent kernels' int32 workspace on one (device, stream): the
+    barrier counter, the exit count, the launch's error flag and the sticky
+    flag (`kernels.lstm._WS_*`), zeroed once here and left at zero by every
+    launch except the sticky flag, which a launch whose barrier timed out sets.
+
+    The host reads the sticky flag without waiting for the GPU: on the CPU
+    (the interpreter) straight from memory; on CUDA through a non-blocking copy
+    into pinned memory and an event, looked at (never waited for) at the next
+    layer call, which raises if the flag was set. At most one copy is in flight
+    per workspace; a call that finds it still running leaves it be, so a
+    timeout is reported at the first call after the copy that follows it ends.
+    Nothing is copied, queried or allocated in pinned memory while a CUDA graph
+    is being captured (a workspace made then is zeroed by the graph itself);
+    the graph's launches are checked by the eager calls after its replays.
     """
-    message = (f"fastlstm: a barrier of the persistent Triton LSTM kernel timed out ({shape}; {plan}); "
-               "the programs of the grid were not all resident at once. Its results are not valid. "
-               "Please report this with the shape and GPU")
-    if err.is_cuda and torch.cuda.is_current_stream_capturing():
-        torch._assert_async(err == 0, message)
-    elif int(err.item()) != 0:
-        raise RuntimeError(message)
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buf = torch.zeros(4, dtype=torch.int32, device=device)
+        self.on_cpu = device.type != "cuda"
+        # The sticky flag as the host sees it: on the CPU the buffer itself;
+        # on CUDA a pinned copy, made at the first copy.
+        self.host = None
+        self.flag = self.buf.numpy()[_k._WS_STICKY.value:] if self.on_cpu else None
+        self.event = None  # the CUDA event after the copy in flight
+        self.covered: List[tuple] = []  # (shape, plan) of the launches the copy in flight (or the CPU flag) covers
+        self.pending: List[tuple] = []  # those since that copy was made
+        self.captured = False  # used by a CUDA graph: replays may set the flag at any time
+
+    def launched(self, what: tuple) -> None:
+        """Note a persistent launch just enqueued (`what`: its `_shape` and plan)."""
+        _UNCHECKED.add(self)
+        if self.on_cpu:
+            self.covered.append(what)
+            return
+        if torch.cuda.is_current_stream_capturing():
+            self.captured = True
+        if what not in self.pending and len(self.pending) < 4:
+            self.pending.append(what)
+        self._copy()
+
+    def _copy(self) -> None:
+        if self.event is not None or torch.cuda.is_current_stream_capturing():
+            return
+        if self.host is None:
+            self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+            self.flag = self.host.numpy()
+        self.host.copy_(self.buf[_k._WS_STICKY.value:], non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+        self.covered, self.pending = self.pending, []
+
+    def check(self) -> None:
+        """Raise if a launch covered by a finished read set the sticky flag (then
+        clear it); never waits for the device."""
+        if self.event is not None:
+            if not self.event.query():
+                return
+            self.event = None
+        if self.flag is not None and int(self.flag[0]):
+            launches = "; ".join(_describe(*what) for what in self.covered) or "a launch on this device"
+            if self.captured:
+                launches += "; or a CUDA graph's replay"
+            self.flag[0] = 0
+            if not self.on_cpu:
+                self.buf[_k._WS_STICKY.value:].zero_()
+            self.covered = []
+            raise RuntimeError(_TIMEOUT_MESSAGE.format(launches=launches, device=self.device))
+        self.covered = []
+        if not self.on_cpu and (self.pending or self.captured):
+            self._copy()
+        if self.event is None and not self.pending and not self.captured:
+            _UNCHECKED.discard(self)  # nothing left to look at until its next launch
+
+
+# (device, stream) -> its _Workspace; buffer pointer -> the same _Workspace.
+_WORKSPACES: Dict[Tuple[torch.device, int], _Workspace] = {}
+_BY_POINTER: Dict[int, _Workspace] = {}
+_WORKSPACE_LOCK = threading.Lock()
+# Workspaces with a launch not yet known to be clean (most calls find none).
+_UNCHECKED: set = set()
+
+
+def _workspace(device: torch.device) -> _Workspace:
+    """The workspace of `device`'s current stream (made on first use), after
+    raising any barrier timeout reported since the last call on `device`.
+
+    One per stream, because a launch resets its counter only at its end: two
+    persistent launches must never share one at the same time.
+    """
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        with _WORKSPACE_LOCK:
+            ws = _WORKSPACES.get(key)
+            if ws is None:
+                ws = _Workspace(device)
+                _BY_POINTER[ws.buf.data_ptr()] = ws
+                _WORKSPACES[key] = ws
+    if _UNCHECKED and (device.type != "cuda" or not torch.cuda.is_current_stream_capturing()):
+        _check_barriers(device)
+    return ws
+
+
+def _workspace_of(buf: Tensor) -> _Workspace:
+    return _BY_POINTER[buf.data_ptr()]
+
+
+def _check_barriers(device: torch.device) -> None:
+    """Raise the named RuntimeError if a persistent launch on `device` timed out
+    at a barrier and this is the first call to see it (see `_Workspace`)."""
+    for ws in list(_UNCHECKED):
+        if ws.device == device:
+            ws.check()
+
+
+def raise_barrier_timeouts(device=None) -> None:
+    """Wait for `device`'s (default: the current CUDA device's) work and raise the
+    barrier-timeout RuntimeError if any persistent launch on it timed out.
+
+    Layer calls already raise it, without waiting, at the first call after the
+    broken launch has ended; this is for a program that wants to know now (at
+    the cost of a synchronisation).
+    """
+    device = torch.device(device if device is not None else "cuda")
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.synchronize(device)
+    _check_barriers(device)
 
 
 def barrier_loop(programs: int, steps: int, device) -> Tensor:
@@ -407,16 +567,34 @@ def _zero_strides(n: int) -> Tuple[int, ...]:
     return (0,) * n
 
 
-def _shared_params(w_hh: Tensor, w_hr: Optional[Tensor], lens: Optional[Tensor], B: int) -> Dict[str, object]:
+# (device, stream, shape, dtype) -> zeros that no kernel writes (the backward's dg[T]).
+_ZEROS: Dict[tuple, Tensor] = {}
+
+
+def _zeros(device: torch.device, shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """A cached tensor of zeros, made once per (device, stream, shape, dtype):
+    read-only for the kernels, so one per shape serves every call. Per stream,
+    as the caching allocator ties a block to the stream that made it."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, shape, dtype)
+    z = _ZEROS.get(key)
+    if z is None:
+        z = _ZEROS.setdefault(key, torch.zeros(shape, dtype=dtype, device=device))
+    return z
+
+
+def _shared_params(w_hh: Tensor, w_hr: Optional[Tensor], lens: Optional[Tensor], T: int, B: int) -> Dict[str, object]:
     """The arguments both kernels take alike: weights, row lengths, sizes and the
-    barrier's [counter, error flag] (zeroed). Unused pointers point at a live
-    tensor with zero strides; their constexpr flag is off."""
+    workspace of this device and stream (barrier counter and error flags; see
+    `_Workspace`, which also raises here a barrier timeout of an earlier call).
+    Unused pointers point at a live tensor with zero strides; their constexpr
+    flag is off."""
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
-    sync = torch.zeros(2, dtype=torch.int32, device=w_hh.device)
+    ws = _workspace(w_hh.device).buf
     wr = w_hr if w_hr is not None else w_hh
     return dict(
-        p_w=w_hh, p_wr=wr, p_len=lens if lens is not None else sync, p_sync=sync[0:1], p_err=sync[1:2],
-        B=B, H=H, R=R, s_w_g=w_hh.stride(0), s_w_r=w_hh.stride(1),
+        p_w=w_hh, p_wr=wr, p_len=lens if lens is not None else ws, p_ws=ws,
+        T=T, B=B, H=H, R=R, s_w_g=w_hh.stride(0), s_w_r=w_hh.stride(1),
         s_wr_r=wr.stride(0) if w_hr is not None else 0, s_wr_h=wr.stride(1) if w_hr is not None else 0,
     )
 
@@ -435,12 +613,16 @@ def _chunks(k: int, plan: LaunchPlan) -> int:
 
 
 def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
-              w_hr: Optional[Tensor], lens: Optional[Tensor], save: bool, plan: LaunchPlan):
+              w_hr: Optional[Tensor], lens: Optional[Tensor], save: bool, plan: LaunchPlan,
+              precision: Optional[str] = None):
     """Returns out (T, B, R), hs, cs (T+1, B, H) float32, gates (T, B, 4H)
-    float32 or None, hc (T, B, H) or None.
+    float32 or None, hc (T, B, H) or None, h_n (B, R), c_n (B, H).
 
-    hs (T, B, R) holds the states h_1..h_T: `out` itself unless packed (a
-    separate buffer there, as dead rows carry their state but output zeros).
+    hs (T, B, R) holds the states h_1..h_T: `out` itself in inference unless
+    packed (a separate buffer when packed, as dead rows carry their state but
+    output zeros, and in training, where the backward reads hs and the caller
+    may edit out: the kernel copies it). The kernel writes c[0] from c0 and
+    the final states; the host launches only the input GEMM and the kernel.
     """
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
@@ -450,7 +632,8 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
     xg = xg.view(T, B, 4 * H)
 
     hs = _empty((T, B, R), dtype, dev)
-    h0 = h0.contiguous()  # the kernel reads it with the strides of one step of hs
+    if h0.stride() != hs.stride()[1:]:
+        h0 = h0.contiguous()  # the kernel reads it with the strides of one step of hs
     if save:
         cs = _empty((T + 1, B, H), torch.float32, dev)
     else:
@@ -458,39 +641,72 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
         # (a zero time stride): each program reads and writes only its own
         # units of c. So inference keeps nothing per step beyond the output.
         cs = _empty((1, B, H), torch.float32, dev).expand(T + 1, B, H)
-    cs[0].copy_(c0)
     gates = _empty((T, B, 4 * H), torch.float32, dev) if save else None
     hc = None
     if w_hr is not None:
         # Without a backward, hc[t] is consumed within step t: one buffer will do.
         hc = _empty((T, B, H), dtype, dev) if save else _empty((1, B, H), dtype, dev).expand(T, B, H)
-    out = _empty((T, B, R), dtype, dev) if lens is not None else hs
-    params = _shared_params(w_hh, w_hr, lens, B)
-    params.update(
-        p_xg=xg, p_h0=h0, p_hs=hs, p_c=cs,
+    copy_out = save and lens is None
+    out = _empty((T, B, R), dtype, dev) if lens is not None or copy_out else hs
+    h_n, c_n = _empty((B, R), dtype, dev), _empty((B, H), dtype, dev)
+    ws = _workspace(dev).buf
+    precision = precision or _dot_precision(dtype)
+    # Everything but the tensors is a function of this key (the buffers' strides
+    # follow from their shapes): built once per shape, then reused.
+    # The plan by identity (hashing a dataclass costs more than the rest of the
+    # key); the cached entry keeps it alive and is checked to be the same one.
+    key = (T, B, I, H, R, dtype, dev, save, lens is None, w_hr is None, id(plan), precision, c0.stride(),
+           w_hh.stride(), None if w_hr is None else w_hr.stride(), _MAX_SPIN, _MAX_ARRIVALS, _interpreting())
+    cached = _FWD_CACHE.get(key)
+    if cached is None or cached[1].plan is not plan:
+        sizes = dict(T=T, B=B, H=H, R=R, s_w_g=w_hh.stride(0), s_w_r=w_hh.stride(1),
+                     s_wr_r=w_hr.stride(0) if w_hr is not None else 0, s_wr_h=w_hr.stride(1) if w_hr is not None else 0)
+        sizes.update(zip(("s_xg_t", "s_xg_b", "s_xg_g"), xg.stride()))
+        sizes.update(zip(("s_hs_t", "s_h_b", "s_h_r"), hs.stride()))
+        sizes.update(zip(("s_c_t", "s_c_b", "s_c_h"), cs.stride()))
+        sizes.update(zip(("s_c0_b", "s_c0_h"), c0.stride()))
+        sizes.update(zip(("s_hn_b", "s_hn_r"), h_n.stride()))
+        sizes.update(zip(("s_cn_b", "s_cn_h"), c_n.stride()))
+        sizes.update(zip(("s_gt_t", "s_gt_b", "s_gt_g"), gates.stride() if gates is not None else _zero_strides(3)))
+        sizes.update(zip(("s_hc_t", "s_hc_b", "s_hc_h"), hc.stride() if hc is not None else _zero_strides(3)))
+        constexprs = dict(
+            NUM_KR=_chunks(R, plan), NUM_KH=_chunks(H, plan), EVEN_K=_even(plan, R, H if w_hr is not None else R),
+            HAS_PROJ=w_hr is not None, PACKED=lens is not None, SAVE_GATES=save, COPY_OUT=copy_out,
+            DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(x),
+        )
+        phases = ({"CELL": True, "PROJECT": False},)
+        if w_hr is not None:
+            phases = ({"CELL": True, "PROJECT": False}, {"CELL": False, "PROJECT": True})
+        if len(_FWD_CACHE) >= _CACHE_SIZE:
+            _FWD_CACHE.clear()
+        cached = _FWD_CACHE[key] = (sizes, _Prepared(_k.lstm_fwd_kernel, plan, constexprs, T, phases, False, dev),
+                                    _shape(x, H, R, "forward"))
+    sizes, prep, shape = cached
+    if prep.kernel is not _k.lstm_fwd_kernel:  # the kernel was swapped (tests): prepare again
+        prep = _Prepared(_k.lstm_fwd_kernel, plan, prep.constexprs, T, prep.phases, False, dev)
+    params = dict(
+        sizes, p_xg=xg, p_w=w_hh, p_wr=w_hr if w_hr is not None else w_hh, p_h0=h0, p_hs=hs, p_c=cs,
         p_gates=gates if gates is not None else cs, p_hc=hc if hc is not None else hs, p_out=out,
-        s_xg_t=xg.stride(0), s_xg_b=xg.stride(1), s_xg_g=xg.stride(2),
-        s_hs_t=hs.stride(0), s_h_b=hs.stride(1), s_h_r=hs.stride(2),
-        s_c_t=cs.stride(0), s_c_b=cs.stride(1), s_c_h=cs.stride(2),
+        p_len=lens if lens is not None else ws, p_ws=ws, p_c0=c0, p_hn=h_n, p_cn=c_n,
     )
-    params.update(zip(("s_gt_t", "s_gt_b", "s_gt_g"), gates.stride() if gates is not None else _zero_strides(3)))
-    params.update(zip(("s_hc_t", "s_hc_b", "s_hc_h"), hc.stride() if hc is not None else _zero_strides(3)))
-    constexprs = dict(
-        NUM_KR=_chunks(R, plan), NUM_KH=_chunks(H, plan), EVEN_K=_even(plan, R, H if w_hr is not None else R),
-        HAS_PROJ=w_hr is not None,
-        PACKED=lens is not None, SAVE_GATES=save, DOT_PRECISION=_dot_precision(dtype), UPCAST_DOT=_upcast_dot(x),
-    )
-    phases = ({"CELL": True, "PROJECT": False},)
-    if w_hr is not None:
-        phases = ({"CELL": True, "PROJECT": False}, {"CELL": False, "PROJECT": True})
-    _launch(_k.lstm_fwd_kernel, plan, params, constexprs, T, phases, reverse=False,
-            shape=_shape(x, H, R, "forward"))
-    return out, hs, cs, gates, hc
+    _run(prep, params, shape)
+    return out, hs, cs, gates, hc, h_n, c_n
 
 
-def _shape(x: Tensor, H: int, R: int, what: str) -> str:
-    T, B, I = x.shape
-    return f"{what}, T={T}, B={B}, I={I}, H={H}, R={R}, {str(x.dtype).replace('torch.', '')}"
+# (shape, strides, flags, plan) -> (sizes and strides, _Prepared, _shape): `_lstm_fwd`'s launch
+# arguments apart from its tensors. Cleared when it reaches _CACHE_SIZE entries.
+_FWD_CACHE: Dict[tuple, tuple] = {}
+_CACHE_SIZE = 4096
+
+
+def _shape(x: Tensor, H: int, R: int, what: str) -> tuple:
+    """What a launch ran, for an error message: formatted by `_describe` only when needed."""
+    return (what, *x.shape, H, R, x.dtype)
+
+
+def _describe(shape: tuple, plan: LaunchPlan) -> str:
+    what, T, B, I, H, R, dtype = shape
+    return f"{what}, T={T}, B={B}, I={I}, H={H}, R={R}, {str(dtype).replace('torch.', '')}; {plan}"
 
 
 def _live_mask(lens: Tensor, T: int) -> Tensor:
@@ -505,25 +721,34 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
     dtype, dev = x.dtype, x.device
-    rows = torch.arange(B, device=dev)
 
     # The gradient reaching h[t] from outside the recurrence: d_out at live
     # rows, plus d_hn at each row's last live step (dead rows carry h to h_n).
-    if lens is None:
-        dout = d_out.to(dtype, copy=True)
-        dout[T - 1] += d_hn
+    # Unpacked, the kernel reads d_out as it is (any strides), and its last
+    # step from d_out[T-1] + d_hn: one small add, no copy of d_out.
+    if lens is None and 0 not in d_out.stride()[1:]:
+        dout = d_out
+        # with dout's row and column strides, as the kernel reads both alike
+        dlast = torch.add(d_out[T - 1], d_hn, out=torch.empty_strided((B, R), d_out.stride()[1:], dtype=dtype,
+                                                                      device=dev))
+    elif lens is None:  # d_out broadcast along rows or columns (a sum's gradient): one copy
+        dout = d_out.contiguous()
+        dout[T - 1].add_(d_hn)
+        dlast = dout[T - 1]
     else:
         dout = (d_out * _live_mask(lens, T)).to(dtype)
-        dout.index_put_((lens.long() - 1, rows), d_hn.to(dtype), accumulate=True)
+        dout.index_put_((lens.long() - 1, torch.arange(B, device=dev)), d_hn.to(dtype), accumulate=True)
+        dlast = dout[T - 1]
 
-    dg = _empty((T + 1, B, 4 * H), dtype, dev)
-    dg[T].zero_()
+    # dg[T] = 0 is read from a cached zero buffer and dc = d_cn is copied by
+    # the kernel: no host launches for them.
+    dg = _empty((T, B, 4 * H), dtype, dev)
     dc = _empty((B, H), torch.float32, dev)
-    dc.copy_(d_cn)
     dh = _empty((T, B, R), dtype, dev) if w_hr is not None else None
-    params = _shared_params(w_hh, w_hr, lens, B)
+    params = _shared_params(w_hh, w_hr, lens, T, B)
     params.update(
         p_dg=dg, p_dout=dout, p_dh=dh if dh is not None else dout, p_gates=gates, p_c=cs, p_dc=dc,
+        p_dgz=_zeros(dev, (B, 4 * H), dtype), p_dcn=d_cn, p_dlast=dlast, s_dcn_b=d_cn.stride(0), s_dcn_h=d_cn.stride(1),
         s_dg_t=dg.stride(0), s_dg_b=dg.stride(1), s_dg_g=dg.stride(2),
         s_do_t=dout.stride(0), s_do_b=dout.stride(1), s_do_r=dout.stride(2),
         s_gt_t=gates.stride(0), s_gt_b=gates.stride(1), s_gt_g=gates.stride(2),
@@ -543,7 +768,7 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
             shape=_shape(x, H, R, "backward"))
 
     need_x, need_h0, need_c0, need_wih, need_whh, need_b, need_whr = needs
-    dg2 = dg[:T].view(T * B, 4 * H)
+    dg2 = dg.view(T * B, 4 * H)
     dx = torch.mm(dg2, w_ih).view(T, B, I) if need_x else None
     dw_ih = torch.mm(dg2.t(), x.reshape(T * B, I)) if need_wih else None
     dw_hh = None
@@ -579,22 +804,27 @@ class LSTMTritonFunction(torch.autograd.Function):
         T, B = x.shape[0], x.shape[1]
         ctx.empty = T == 0 or B == 0
         ctx.has_b_ih, ctx.has_b_hh, ctx.has_w_hr = b_ih is not None, b_hh is not None, w_hr is not None
-        if ctx.empty:
-            out = x.new_zeros(T, B, h0.shape[1])
+        if ctx.empty or has_no_data(x):
+            # No steps or rows, or shapes without data (meta, FakeTensorMode):
+            # nothing to launch; the backward gives gradients of the right shapes.
             ctx.shapes = (x.shape, w_ih.shape, w_hh.shape, None if w_hr is None else w_hr.shape)
+            if not ctx.empty:
+                ctx.empty = True
+                return x.new_empty(T, B, h0.shape[1]), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+            out = x.new_zeros(T, B, h0.shape[1])
             return out, h0.clone(), c0.clone()
+        precision = _dot_precision(x.dtype)
         fwd_plan, _ = plans_for(x, w_hh.shape[0] // 4, w_hr.shape[0] if w_hr is not None else 0, training=save)
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
         with _device_guard(x):
-            out, hs, cs, gates, hc = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan)
+            out, hs, cs, gates, hc, h_n, c_n = _lstm_fwd(x, h0, c0, w_ih, w_hh, bias, w_hr, lens, save, fwd_plan,
+                                                         precision)
         if save:
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, gates, hc, lens)
-        # No output may be a view (torch forbids in-place on views returned by
-        # a Function) nor alias another output or a saved buffer: unpacked,
-        # `out` is hs itself, which the backward reads.
-        if save and out is hs:
-            out = hs.clone()
-        return out, hs[T - 1].clone(), cs[T].to(x.dtype, copy=True)
+        # No output is a view (torch forbids in-place on views returned by a
+        # Function) or aliases another output or a saved buffer: in training
+        # `out` is the kernel's copy of hs, which the backward reads.
+        return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
@@ -609,7 +839,7 @@ class LSTMTritonFunction(torch.autograd.Function):
             return (*reference_grads(inputs, batch_sizes, (d_out, d_hn, d_cn), needs), None, None)
         if ctx.empty:
             x_shape, wih_shape, whh_shape, whr_shape = ctx.shapes
-            z = lambda s: d_out.new_zeros(s)  # noqa: E731
+            z = (lambda s: d_out.new_empty(s)) if has_no_data(d_out) else (lambda s: d_out.new_zeros(s))  # noqa: E731
             return (z(x_shape) if needs[0] else None, d_hn, d_cn,
                     z(wih_shape) if needs[3] else None, z(whh_shape) if needs[4] else None,
                     z(whh_shape[0]) if ctx.has_b_ih and needs[5] else None,
@@ -648,16 +878,14 @@ def _check(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
     if w_hh.dim() != 2 or w_hh.shape[0] % 4:
         raise ValueError(f"lstm_layer_triton: w_hh must be (4H, R), got shape {tuple(w_hh.shape)}")
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
-    expected = {
-        "h0": (h0, (B, R)), "c0": (c0, (B, H)), "w_ih": (w_ih, (4 * H, I)),
-        "b_ih": (b_ih, (4 * H,)), "b_hh": (b_hh, (4 * H,)), "w_hr": (w_hr, (R, H)),
-    }
-    for name, (tensor, shape) in expected.items():
+    dtype, device = x.dtype, x.device
+    for name, tensor, shape in (("h0", h0, (B, R)), ("c0", c0, (B, H)), ("w_ih", w_ih, (4 * H, I)),
+                                ("b_ih", b_ih, (4 * H,)), ("b_hh", b_hh, (4 * H,)), ("w_hr", w_hr, (R, H))):
         if tensor is None:
             continue
-        if tuple(tensor.shape) != shape:
+        if tensor.shape != shape:  # a torch.Size equals the tuple of its sizes
             raise ValueError(f"lstm_layer_triton: {name} must have shape {shape}, got {tuple(tensor.shape)}")
-        if tensor.dtype != x.dtype or tensor.device != x.device:
+        if tensor.dtype != dtype or tensor.device != device:
             raise TypeError(
                 f"lstm_layer_triton: {name} must be {x.dtype} on {x.device} like x, "
                 f"got {tensor.dtype} on {tensor.device}"
@@ -709,7 +937,20 @@ def lstm_layer_triton(
         return lstm_layer_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     save = needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     fn, args = _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save)
+    if not save:
+        # Nothing to record: the Function's forward as a plain call (autograd's
+        # apply costs more host time than the rest of a small call).
+        return fn.forward(_NoCtx(), *args)
     return fn.apply(*args)
+
+
+class _NoCtx:
+    """The ctx of a forward that saves nothing (see `lstm_layer_triton`)."""
+
+    def save_for_backward(self, *tensors):
+        raise AssertionError("an inference forward saves nothing")
+
+
 
 
 def _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save: bool):
@@ -721,5 +962,5 @@ def _function_and_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sav
     _check(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     lens = None
     if batch_sizes is not None and x.shape[0] > 0:
-        lens = sequence_lengths(batch_sizes, x.shape[1]).to(device=x.device, dtype=torch.int32)
+        lens = host_to_device(sequence_lengths(batch_sizes, x.shape[1]).to(torch.int32), x.device)
     return LSTMTritonFunction, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, save)
