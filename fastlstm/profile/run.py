@@ -178,7 +178,7 @@ def _measure_group(workload, names, extra, ref, mode, T, batch, dtype, dev, env,
             model = extra[name](ref) if name in extra else build_workload_model(workload, name, ref)
             step = make_step(model, x, mode, grad_out)
             # The checked call is also the first warm-up (compilation, caches).
-            ok, err, msg = compare(step(), want, dtype)
+            ok, err, msg = compare(step(), want, dtype, dev, None if name in extra else name, workload)
             row["max_abs_err"] = err
             if not ok:
                 row.update(status="failed", note=f"wrong answer vs {torch_name}: {msg}")
