@@ -501,8 +501,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             except ValueError:
                 p.error(f"--timeouts: expected STAGE=SECONDS items with STAGE one of {', '.join(STAGES)}, "
                         f"got {item!r}")
-    shards = args.shards or (2 if args.dry else 4)
-    warmers = args.warmers or (2 if args.dry else 14)
+    shards = args.shards if args.shards is not None else 2 if args.dry else 4
+    warmers = args.warmers if args.warmers is not None else 2 if args.dry else 14
     if shards < 1 or warmers < 1:
         p.error("--shards and --warmers must be at least 1")
     out = os.path.abspath(args.out or default_out(args.dry))
