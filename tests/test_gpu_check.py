@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fastlstm.profile import gpu_check
+from fastlstm.profile import gpu_check, warm
 from fastlstm.profile.cli import GRID_PRESETS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,17 +92,29 @@ def test_junit_summary_counts_and_names_failures(tmp_path):
     assert s["failures"][0] == {"test": "t::bad", "message": "boom"} and s["skip_reasons"] == {"needs a GPU": 1}
 
 
+def _gpu_jobs():
+    g = GRID_PRESETS["gpu"]
+    return warm.warm_jobs(g["dtype"], g["hidden"], g["batch"], g["seq_lens"], g["backends"], g["extras"])
+
+
 def test_the_warm_up_compiles_each_kernel_class_of_the_gpu_grid_once_and_keeps_classes_together():
-    jobs = gpu_check.warm_jobs(GRID_PRESETS["gpu"])
+    jobs = _gpu_jobs()
     assert ("triton", "float16", 16, 768, 1, False, False, 1) in jobs  # T=1 runs without the barrier
     assert ("triton", "float16", 16, 768, 1, False, False, 2) in jobs  # any longer T: one persistent kernel
     assert not any(j[0] == "triton" and j[-1] > 2 for j in jobs)
     assert ("flashrnn", "bfloat16", 16, 768, 1, False, False, 1024) in jobs
     assert any(j[5] for j in jobs) and any(j[6] for j in jobs), "the bidirectional and packed sweeps"
     assert len(jobs) == len(set(jobs))
-    shards = gpu_check._shard_jobs(jobs, 14)
+    shards = warm.shard_jobs(jobs, 14)
     assert sorted(j for s in shards for j in s) == sorted(jobs) and len(shards) == 14
     where = {j: i for i, s in enumerate(shards) for j in s}
     # B=64 and B=256 share Triton's batch tile (32 rows): one process compiles both.
     assert where[("triton", "bfloat16", 64, 1024, 1, False, False, 2)] == \
         where[("triton", "bfloat16", 256, 1024, 1, False, False, 2)]
+
+
+def test_the_cpu_rehearsal_warms_jit_in_the_cached_backends_place():
+    g = GRID_PRESETS["gpu-dry"]
+    jobs = warm.warm_jobs(g["dtype"], g["hidden"], g["batch"], g["seq_lens"], ["triton", "torch"], g["extras"],
+                          stand_in="jit")
+    assert jobs and {j[0] for j in jobs} == {"jit"}

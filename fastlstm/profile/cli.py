@@ -11,7 +11,9 @@ On CUDA the default is the GPU grid instead (`--grid gpu`, see `grids.py`).
 """
 import argparse
 import importlib.util
+import json
 import os
+import time
 from typing import Callable, Dict, List
 
 import torch
@@ -25,6 +27,7 @@ from .models import DTYPES, KNOWN_BACKENDS, SLOW_BACKENDS, default_backends, res
 from .plot import plot
 from .progress import ProgressLine
 from .report import print_report
+from .warm import warm_in_parallel, warm_jobs
 from .run import count_work, run_profile
 from .workloads import WORKLOADS, backends_for, workload_unavailable_reason
 
@@ -47,6 +50,9 @@ GRID_PRESETS = {
     "gpu-dry": dict(GPU_DRY_AXES, repeats=1, backends=list(GPU_DRY_BACKENDS), extras=list(GPU_DRY_EXTRAS)),
 }
 _DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
+# The parallel compile before a grid's profile stops after this long; what is
+# left compiles inside the profile (still before timing).
+WARM_TIMEOUT_S = 180
 _PREFIX = "fastlstm profile"
 
 
@@ -181,6 +187,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"longest T for the slow loops ({', '.join(SLOW_BACKENDS)}); 0: no cap "
                         "(" + preset_help("slow_max_seq_len") + ")")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--compile-workers", type=_count(0), default=None, metavar="N",
+                   help="compile the Triton (and FlashRNN) kernels of every shape first, in N processes at once, "
+                        "into their disk caches (default on CUDA with --grid: CPU cores - 2, at most 14; else 0: "
+                        "each backend compiles in the run, before it is timed). On the CPU, jit stands in (a "
+                        "rehearsal: its compiles are not cached)")
     p.add_argument("--threads", type=_count(), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
@@ -297,6 +308,7 @@ def _run_cli(args) -> int:
     if not can_plot:
         print("matplotlib is not installed: no profile.png (pip install 'fastlstm[profile]')", flush=True)
 
+    _compile_first(args, st, device, names, extras)
     pngs: List[str] = []
     with LoadMonitor() as load:
         try:
@@ -361,6 +373,31 @@ def _prepare(args, st: dict):
     except OSError as e:
         raise _fail(f"--out {args.out}: cannot write there ({e.strerror or e})")
     return device, asked, files
+
+
+def _compile_first(args, st: dict, device: torch.device, names: List[str], extras) -> None:
+    """--compile-workers: the kernels of every shape compiled in parallel processes
+    (see warm.py); their records go to warm.json in --out."""
+    workers = args.compile_workers
+    if workers is None:
+        workers = min(14, max(1, (os.cpu_count() or 1) - 2)) if device.type == "cuda" and args.grid else 0
+    if workers <= 0:
+        return
+    if "layer" not in st["workloads"]:
+        return
+    jobs = warm_jobs(st["dtypes"], st["hiddens"], st["batches"], st["seq_lens"], names,
+                     [sweep for sweep, _ in extras], stand_in=None if device.type == "cuda" else "jit")
+    if not jobs:
+        return
+    print(f"compiling the kernels of {len(jobs)} shapes in {min(workers, len(jobs))} processes first "
+          f"(at most {WARM_TIMEOUT_S} s)...", flush=True)
+    t0 = time.monotonic()
+    records = warm_in_parallel(jobs, str(device), workers, WARM_TIMEOUT_S, args.out)
+    with open(os.path.join(args.out, "warm.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    bad = [r for r in records if r["status"] == "error"]
+    print(f"compiled: {len(records)} of {len(jobs)} shapes in {time.monotonic() - t0:.0f} s"
+          + (f"; {len(bad)} raised (their rows will say why)" if bad else ""), flush=True)
 
 
 def _sweep_backends(sweep: Sweep, device: torch.device) -> List[str]:

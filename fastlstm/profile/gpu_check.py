@@ -16,12 +16,12 @@ a stage that fails or times out is recorded and the next one still runs:
    (native-<i>.xml, native-<i>.log, tests.json).
 3. barrier: the grid barrier's microbenchmark, bench/test_bench_barrier.py
    (barrier.json from pytest-benchmark, barrier.log).
-4. profile: Triton's kernels (and FlashRNN's extension) for every shape of the
-   GPU grid compiled first by `--warmers` processes at once, into the disk
-   caches the profile then reads; then `fastlstm profile --device cuda --grid
-   gpu` (profile.json, profile.csv, profile-*.png in the profile's schema,
-   results.json, profile.log, warm.json). Near its timeout the profile gets
-   Ctrl-C, which keeps every row measured and plots them.
+4. profile: `fastlstm profile --device cuda --grid gpu --compile-workers
+   <warmers>`, which compiles the Triton kernels (and FlashRNN's extension)
+   of every shape in that many processes at once before it times anything
+   (`warm.py`) (profile.json, profile.csv, profile-*.png in the profile's
+   schema, results.json, warm.json, profile.log). Near its timeout the profile
+   gets Ctrl-C, which keeps every row measured and plots them.
 
 Everything goes to `--out`, by default bench/results/gpu-<date>-<commit>/ of the
 checkout: that folder is what gets committed. summary.json says how each stage
@@ -44,15 +44,14 @@ import importlib.metadata
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .warm import REPO, start_logged, wait_all
 
 # The test files whose cases run the compiled kernels on the GPU natively.
 NATIVE_TESTS = ("tests/test_triton_backend.py", "tests/test_lstm_module.py", "tests/test_gpu.py")
@@ -63,8 +62,6 @@ DRY_TEST_FILTER = "tf32_off or some_inputs or dropout or test_gpu"
 # Seconds per stage (each bounded; 580 s in all, inside a 10-minute device call).
 TIMEOUTS = {"env": 30, "native": 200, "barrier": 60, "profile": 290}
 DRY_TIMEOUTS = {"env": 60, "native": 300, "barrier": 120, "profile": 300}
-# The warm-up's share of the profile stage, at most.
-WARM_SHARE = 0.4
 STAGES = ("env", "native", "barrier", "profile")
 
 
@@ -75,51 +72,6 @@ STAGES = ("env", "native", "barrier", "profile")
 
 def _python() -> str:
     return sys.executable or "python3"
-
-
-def _start(cmd: Sequence[str], log: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
-    """Start `cmd` in its own process group (so a timeout ends all of it), its
-    output going to `log` as it comes."""
-    f = open(log, "w")
-    proc = subprocess.Popen(list(cmd), cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    proc.log_file = f  # closed by _wait
-    return proc
-
-
-def _wait(procs: List[subprocess.Popen], deadline: float, interrupt_before: float = 0.0) -> bool:
-    """Wait for `procs` until `deadline` (time.monotonic()); past it, end them
-    (their whole process groups). With `interrupt_before`, send Ctrl-C (SIGINT)
-    that many seconds before the deadline first, so a profile keeps its rows.
-    Returns False when anything had to be ended."""
-    interrupted, clean = False, True
-    while any(p.poll() is None for p in procs):
-        now = time.monotonic()
-        if interrupt_before and not interrupted and now >= deadline - interrupt_before:
-            for p in procs:
-                _signal(p, signal.SIGINT)
-            interrupted, clean = True, False
-        if now >= deadline:
-            for p in procs:
-                _signal(p, signal.SIGKILL)
-            clean = False
-            break
-        time.sleep(0.2)
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        p.log_file.close()
-    return clean
-
-
-def _signal(proc: subprocess.Popen, sig: int) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _tail(path: str, lines: int = 12) -> str:
@@ -198,8 +150,8 @@ def _native(out: str, dry: bool, shards: int, timeout: float) -> dict:
                f"--junitxml={os.path.join(out, f'native-{i}.xml')}", *NATIVE_TESTS]
         if dry:
             cmd += ["-k", DRY_TEST_FILTER]
-        procs.append(_start(cmd, os.path.join(out, f"native-{i}.log"), env))
-    clean = _wait(procs, time.monotonic() + timeout)
+        procs.append(start_logged(cmd, os.path.join(out, f"native-{i}.log"), env))
+    clean = wait_all(procs, time.monotonic() + timeout)
     summary = junit_summary([os.path.join(out, f"native-{i}.xml") for i in range(shards)])
     summary["shards"] = [{"shard": f"{i}/{shards}", "returncode": p.returncode} for i, p in enumerate(procs)]
     _write_json(summary, os.path.join(out, "tests.json"))
@@ -253,8 +205,8 @@ def _barrier(out: str, dry: bool, timeout: float) -> dict:
     cmd = [_python(), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "bench/test_bench_barrier.py",
            f"--junitxml={os.path.join(out, 'barrier.xml')}"]
     cmd += ["--benchmark-disable"] if dry else ["--benchmark-only", f"--benchmark-json={os.path.join(out, 'barrier.json')}"]
-    proc = _start(cmd, os.path.join(out, "barrier.log"), dict(os.environ, PYTHONUNBUFFERED="1"))
-    clean = _wait([proc], time.monotonic() + timeout)
+    proc = start_logged(cmd, os.path.join(out, "barrier.log"), dict(os.environ, PYTHONUNBUFFERED="1"))
+    clean = wait_all([proc], time.monotonic() + timeout)
     result = junit_summary([os.path.join(out, "barrier.xml")])
     try:
         with open(os.path.join(out, "barrier.json")) as f:
@@ -275,120 +227,26 @@ def _barrier(out: str, dry: bool, timeout: float) -> dict:
 # Stage 4: the profile, after a parallel warm-up of the compiled kernels
 # ----------------------------------------------------------------------------
 
-# Backends whose compiled kernels outlive a process (Triton's cache on disk,
-# FlashRNN's torch extension): worth compiling in parallel before the profile.
-_CACHED = ("triton", "flashrnn")
-
-
-def warm_jobs(grid: dict, dry: bool = False) -> List[Tuple]:
-    """The calls that compile every kernel a grid's profile needs: (backend, dtype,
-    batch, hidden, layers, bidirectional, packed, T), one per shape class. A Triton
-    kernel does not depend on T beyond T=1 (one step runs without the barrier),
-    so T is 1 and 2; FlashRNN is warmed at its sweep's own T. Under `dry`, jit
-    stands in for Triton (on the CPU)."""
-    cached = ("jit",) if dry else _CACHED
-    jobs = []
-
-    def add(backends, dtype, batch, hidden, seq_lens, layers=1, bidirectional=False, packed=False):
-        for b in backends or ():
-            if b not in cached:
-                continue
-            Ts = sorted(set(seq_lens)) if b == "flashrnn" else sorted({min(T, 2) for T in seq_lens})
-            jobs.extend((b, dtype, batch, hidden, layers, bidirectional, packed, T) for T in Ts)
-
-    for dtype in grid["dtype"]:
-        for hidden in grid["hidden"]:
-            for batch in grid["batch"]:
-                add(grid["backends"], dtype, batch, hidden, grid["seq_lens"])
-    for s in grid.get("extras", []):
-        add(s.backends or (("jit",) if dry else _CACHED), s.dtype, s.batch, s.hidden, s.seq_lens, s.layers,
-            s.bidirectional, s.packed)
-    return list(dict.fromkeys(jobs))
-
-
-def _shard_jobs(jobs: List[Tuple], n: int) -> List[List[Tuple]]:
-    """Split jobs over n processes, keeping those likely to share a kernel (same
-    backend, dtype, hidden, T, and batch class as Triton's plan sees it) together."""
-    def key(job):
-        b, dtype, batch, hidden, layers, bidir, packed, T = job
-        return (b, dtype, hidden, T, 1 if batch == 1 else 16 if batch <= 16 else 32, layers, bidir, packed)
-
-    groups: Dict[tuple, List[Tuple]] = {}
-    for job in jobs:
-        groups.setdefault(key(job), []).append(job)
-    shards: List[List[Tuple]] = [[] for _ in range(max(1, n))]
-    for group in sorted(groups.values(), key=len, reverse=True):
-        min(shards, key=len).extend(group)
-    return [s for s in shards if s]
-
-
-def run_warm_jobs(jobs: List[Tuple], device: str) -> List[dict]:
-    """Run each job once in inference and once in training (compiling what it
-    needs); one record per job."""
-    import torch
-
-    from .models import DTYPES, build_model, unavailable_reason
-    from .workloads import make_inputs, make_reference_module, make_step
-
-    records = []
-    dev = torch.device(device)
-    for backend, dtype, batch, hidden, layers, bidir, packed, T in jobs:
-        rec = dict(backend=backend, dtype=dtype, batch=batch, hidden=hidden, layers=layers, bidirectional=bidir,
-                   packed=packed, seq_len=T)
-        t0 = time.monotonic()
-        try:
-            ref = make_reference_module("layer", hidden, hidden, layers, DTYPES[dtype], dev, 0, bidir)
-            why = unavailable_reason(backend, ref, dev, packed)
-            if why:
-                rec.update(status="skipped", note=why)
-            else:
-                model = build_model(backend, ref)
-                for mode in ("infer", "train"):
-                    x, grad_out = make_inputs(T, batch, ref, mode, 0, packed)
-                    make_step(model, x, mode, grad_out)()
-                rec.update(status="ok")
-        except Exception as e:  # report, go on: the profile then shows the same error with its row
-            rec.update(status="error", note=f"{type(e).__name__}: {e}"[:500])
-        rec["seconds"] = round(time.monotonic() - t0, 2)
-        records.append(rec)
-        print(json.dumps(rec), flush=True)
-    return records
-
 
 def _profile(out: str, dry: bool, warmers: int, timeout: float) -> dict:
-    from .cli import GRID_PRESETS
-
-    grid_name = "gpu-dry" if dry else "gpu"
+    """`fastlstm profile --grid gpu` (gpu-dry under --dry), compiling its kernels
+    in `warmers` processes first; Ctrl-C 20 s before the timeout keeps its rows."""
     device = "cpu" if dry else "cuda"
     start = time.monotonic()
-    # 1. Compile in parallel.
-    jobs = warm_jobs(GRID_PRESETS[grid_name], dry)
-    shards = _shard_jobs(jobs, warmers)
-    procs = []
-    for i, shard in enumerate(shards):
-        spec = os.path.join(out, f"warm-{i}.json")
-        _write_json([list(j) for j in shard], spec)
-        procs.append(_start([_python(), "-m", "fastlstm.profile.gpu_check", "--warm-jobs", spec, "--device", device],
-                            os.path.join(out, f"warm-{i}.log"), dict(os.environ, PYTHONUNBUFFERED="1")))
-    warm_clean = _wait(procs, start + WARM_SHARE * timeout)
-    warmed = []
-    for i in range(len(shards)):
-        with open(os.path.join(out, f"warm-{i}.log"), errors="replace") as f:
-            warmed += [json.loads(line) for line in f if line.startswith("{")]
-        os.remove(os.path.join(out, f"warm-{i}.json"))
-    _write_json(warmed, os.path.join(out, "warm.json"))
-    for i in range(len(shards)):
-        os.remove(os.path.join(out, f"warm-{i}.log"))
-    warm_note = (f"warm-up: {len(warmed)} of {len(jobs)} shape classes in {len(shards)} processes, "
-                 f"{time.monotonic() - start:.0f} s" + ("" if warm_clean else " (stopped at its time share)"))
-    # 2. The profile itself, with what is left.
-    cmd = [_python(), "-m", "fastlstm", "profile", "--device", device, "--grid", grid_name, "--out", out,
-           "--results", os.path.join(out, "results.json")]
+    cmd = [_python(), "-m", "fastlstm", "profile", "--device", device, "--grid", "gpu-dry" if dry else "gpu",
+           "--out", out, "--results", os.path.join(out, "results.json"), "--compile-workers", str(warmers)]
     if dry:
         cmd.append("--no-memory")
-    proc = _start(cmd, os.path.join(out, "profile.log"), dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160"))
-    clean = _wait([proc], start + timeout, interrupt_before=20)
-    result = {"warm": warm_note, "returncode": proc.returncode}
+    proc = start_logged(cmd, os.path.join(out, "profile.log"), dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160"))
+    clean = wait_all([proc], start + timeout, interrupt_before=20)
+    result = {"returncode": proc.returncode}
+    try:
+        with open(os.path.join(out, "warm.json")) as f:
+            warmed = json.load(f)
+        warm_note = f"{len(warmed)} shapes compiled first, {sum(r['status'] == 'error' for r in warmed)} raised"
+    except (OSError, ValueError):
+        warm_note = "no warm.json"
+    result["warm"] = warm_note
     try:
         with open(os.path.join(out, "profile.json")) as f:
             rows = json.load(f)
@@ -437,9 +295,9 @@ def run_stage(name: str, out: str, dry: bool, timeout: float, shards: int, warme
     t0 = time.monotonic()
     try:
         if name == "env":
-            proc = _start([_python(), "-m", "fastlstm.profile.gpu_check", "--env-only",
+            proc = start_logged([_python(), "-m", "fastlstm.profile.gpu_check", "--env-only",
                            os.path.join(out, "environment.json")], os.path.join(out, "env.log"))
-            clean = _wait([proc], time.monotonic() + timeout)
+            clean = wait_all([proc], time.monotonic() + timeout)
             ok = clean and proc.returncode == 0
             if ok and not dry:
                 with open(os.path.join(out, "environment.json")) as f:
@@ -473,17 +331,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmers", type=int, default=None,
                    help="processes compiling the grid's kernels before the profile (default 14; dry 2)")
     p.add_argument("--env-only", metavar="FILE", help=argparse.SUPPRESS)
-    p.add_argument("--warm-jobs", metavar="FILE", help=argparse.SUPPRESS)
-    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.env_only:
         rec = environment_record()
         _write_json(rec, args.env_only)
         print(json.dumps(rec, indent=1, default=str))
-        return 0
-    if args.warm_jobs:
-        with open(args.warm_jobs) as f:
-            run_warm_jobs([tuple(j) for j in json.load(f)], args.device)
         return 0
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
