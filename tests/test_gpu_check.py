@@ -107,6 +107,8 @@ def test_the_warm_up_compiles_each_kernel_class_of_the_gpu_grid_once_and_keeps_c
     assert len(jobs) == len(set(jobs))
     shards = warm.shard_jobs(jobs, 14)
     assert sorted(j for s in shards for j in s) == sorted(jobs) and len(shards) == 14
+    flash = [s for s in shards if any(j[0] == "flashrnn" for j in s)]
+    assert flash and all(len(s) == 1 for s in flash), "FlashRNN's extension builds alone, it takes longest"
     where = {j: i for i, s in enumerate(shards) for j in s}
     # B=64 and B=256 share Triton's batch tile (32 rows): one process compiles both.
     assert where[("triton", "bfloat16", 64, 1024, 1, False, False, 2)] == \

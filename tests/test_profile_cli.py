@@ -315,7 +315,7 @@ def test_grid_preset_gpu():
         "seq_lens": [1, 16, 64, 256, 1024], "repeats": 3, "backends": ["triton", "torch"]}
     extras = {(e.tag, e.dtype): e for e in grid["extras"]}
     assert {tag for tag, _ in extras} == {"all-backends", "bidir-2layers", "packed", "flashrnn"}
-    assert extras[("all-backends", "float16")].backends is None, "every backend that runs, in every dtype"
+    assert set(extras[("all-backends", "float16")].backends) == {"jit", "triton", "tutorial", "scripted", "torch"}
     assert extras[("bidir-2layers", "float32")].layers == 2 and extras[("bidir-2layers", "float32")].bidirectional
     assert extras[("packed", "bfloat16")].packed
     head = extras[("flashrnn", "bfloat16")]

@@ -32,11 +32,18 @@ shapes (a few Triton tests, the barrier benchmark skipping itself off CUDA, the
 `gpu-dry` grid) and a temporary folder by default: CI runs it
 (tests/test_gpu_check.py), so this command cannot rot between GPU runs.
 
-Time on an H100-class GPU (estimates, not yet measured; the stage timeouts
-bound them): env ~5 s; native ~105 kernel variants at 2-4 s each, ~1.5-2 min on
-4 processes; barrier ~20 s; warm-up ~170 kernel variants on 14 processes,
-~40-60 s; profile ~3 min (`grids.gpu_time_estimate`). About 7-8 minutes in
-all; the timeouts (30 + 200 + 60 + 290 s) cap it at 9m40s.
+Time on an H100-class GPU (estimates from the H200's figures, not yet
+measured; the stage timeouts bound them):
+- env: ~5 s.
+- native: about 105 distinct Triton kernel variants (the fixed cases' shape
+  classes: dtype x batch tile x sizes of 1 or multiples of 16 x projection x
+  packing x training x T=1 x mode; the property tests reuse them), one
+  Inductor graph and two TorchScript fusions, at 2-4 s each: ~5 minutes on one
+  process, ~1.5-2 minutes on 4 (some variants compile in two shards).
+- barrier: 6 benchmarks of ~1 s plus one compile: ~20 s.
+- profile: ~83 warm-up jobs (~170 kernel variants) on 14 processes, ~40-60 s;
+  then the grid, ~3 minutes (`grids.gpu_time_estimate`).
+About 6-7 minutes in all; the timeouts (30 + 200 + 60 + 290 s) cap it at 9m40s.
 """
 import argparse
 import datetime
@@ -53,8 +60,10 @@ from typing import Dict, List, Optional, Sequence
 
 from .warm import REPO, start_logged, wait_all
 
-# The test files whose cases run the compiled kernels on the GPU natively.
-NATIVE_TESTS = ("tests/test_triton_backend.py", "tests/test_lstm_module.py", "tests/test_gpu.py")
+# The tests whose cases run the compiled kernels on the GPU natively (the rest of
+# the suite is CPU work, which CI does).
+NATIVE_TESTS = ("tests/test_triton_backend.py", "tests/test_lstm_module.py::test_lstm_matches_torch_triton",
+                "tests/test_lstm_module.py::test_dropout_on_the_device", "tests/test_gpu.py")
 # Under --dry (the interpreter, in CI): a few cases of each, so that every part of
 # the stage runs (shards, junit files, the summary, native-only skips).
 DRY_TEST_FILTER = "tf32_off or some_inputs or dropout or test_gpu"

@@ -6,8 +6,8 @@ covers the shapes that decide the Triton backend's design against cuDNN:
 - the main sweep: B in 1, 16, 64, 256; H (= I) in 256, 768, 1024; T in 1, 16,
   64, 256, 1024; float16, bfloat16 and float32; infer and train; fastlstm's
   Triton backend against nn.LSTM (cuDNN), 3 interleaved repeats;
-- and `GPU_EXTRAS`: every backend that can run, in the three dtypes, at one
-  small shape; a 2-layer bidirectional nn.LSTM; packed input; and FlashRNN's
+- and `GPU_EXTRAS`: every backend that can run (FlashRNN aside), in the three
+  dtypes, at one small shape; a 2-layer bidirectional nn.LSTM; packed input; and FlashRNN's
   headline shape (B=16, H=768, T=1024, bf16 and fp16), FlashRNN beside
   Triton and cuDNN (skipped with a reason where the `flashrnn` package does
   not import).
@@ -47,8 +47,12 @@ class Sweep:
     packed: bool = False
 
 
+# fastlstm's backends and the baselines other than FlashRNN, which has its own
+# sweep at its headline shape (in the dtypes its fused kernel is made for).
+ALL_BACKENDS = ("jit", "triton", "tutorial", "scripted", "torch")
+
 GPU_EXTRAS: List[Sweep] = (
-    [Sweep("all-backends", 16, 256, dtype, (64,)) for dtype in GPU_AXES["dtype"]]
+    [Sweep("all-backends", 16, 256, dtype, (64,), ALL_BACKENDS) for dtype in GPU_AXES["dtype"]]
     + [Sweep("bidir-2layers", 16, 512, dtype, (256,), GPU_BACKENDS, layers=2, bidirectional=True)
        for dtype in GPU_AXES["dtype"]]
     + [Sweep("packed", 32, 512, dtype, (256,), GPU_BACKENDS, packed=True) for dtype in GPU_AXES["dtype"]]
@@ -58,7 +62,8 @@ GPU_EXTRAS: List[Sweep] = (
 
 def _shrunk(sweep: Sweep) -> Sweep:
     """An extra sweep at a tiny shape, Triton replaced by jit (the CPU's backend)."""
-    backends = None if sweep.backends is None else tuple("jit" if b == "triton" else b for b in sweep.backends)
+    backends = None if sweep.backends is None else tuple(
+        dict.fromkeys("jit" if b == "triton" else b for b in sweep.backends))
     return dataclasses.replace(sweep, batch=3, hidden=4, seq_lens=(3,), backends=backends)
 
 
@@ -78,16 +83,17 @@ _SAMPLE_S = 0.02  # a timing sample lasts at least this long (timing._MIN_SAMPLE
 
 
 def gpu_time_estimate(axes: Dict[str, list] = GPU_AXES, repeats: int = GPU_REPEATS,
-                      extras: List[Sweep] = GPU_EXTRAS) -> Dict[str, float]:
+                      extras: List[Sweep] = GPU_EXTRAS, compile_workers: int = 14) -> Dict[str, float]:
     """Seconds the GPU grid should take on an H100-class GPU, by part: an
     estimate from the H200's per-step figures, not a measurement.
 
     Per (shape, mode, T) group and backend: one checked call, about three
     warm-up calls and `repeats` samples of at least 20 ms, plus a peak-memory
     call; the float64 reference once per group (cuDNN in float64, taken as 4x
-    the bf16 standard path's step). Triton's kernels compile in the parallel
-    warm-up before the profile (`fastlstm.profile.gpu_check`), so the profile
-    itself only loads them.
+    the bf16 standard path's step). Triton's kernels compile first, in
+    `compile_workers` processes (`warm.py`; about two kernel variants per
+    warm-up job, 3 s each, plus ~10 s of process start-up); the sweep then
+    only loads them.
 
     Example:
         >>> est = gpu_time_estimate()
@@ -112,11 +118,15 @@ def gpu_time_estimate(axes: Dict[str, list] = GPU_AXES, repeats: int = GPU_REPEA
     main = sum(group(GPU_BACKENDS, b, T, train)
                for b in axes["batch"] for _ in axes["hidden"] for _ in axes["dtype"]
                for T in axes["seq_lens"] for train in (False, True))
-    extra = sum(group(s.backends or ("jit", "triton", "tutorial", "scripted", "torch"), s.batch, T, train,
-                      s.layers * (2 if s.bidirectional else 1))
+    extra = sum(group(s.backends or ALL_BACKENDS, s.batch, T, train, s.layers * (2 if s.bidirectional else 1))
                 for s in extras for T in s.seq_lens for train in (False, True))
-    # The slow loop baselines in the all-backends sweep: ~0.2 ms a step (15 launches).
-    loops = sum(2 * 5 * 64 * 2e-4 * (3 if train else 1) for s in extras if s.backends is None
+    # The slow loop baselines of the all-backends sweep: ~0.2 ms a step (15 launches).
+    loops = sum(2 * 5 * 64 * 2e-4 * (3 if train else 1) for s in extras if s.tag == "all-backends"
                 for train in (False, True))
-    load = 30.0  # loading ~150 compiled kernels from the cache, cuDNN and cuBLAS set-up, FlashRNN's extension
-    return {"main_s": main, "extras_s": extra + loops, "load_s": load, "total_s": main + extra + loops + load}
+    load = 30.0  # loading ~170 compiled kernels from the cache, cuDNN and cuBLAS set-up, FlashRNN's extension
+    from .warm import warm_jobs
+
+    jobs = warm_jobs(axes["dtype"], axes["hidden"], axes["batch"], axes["seq_lens"], GPU_BACKENDS, extras)
+    compile_s = 2 * len(jobs) * 3.0 / compile_workers + 10.0
+    return {"compile_s": compile_s, "main_s": main, "extras_s": extra + loops, "load_s": load,
+            "total_s": compile_s + main + extra + loops + load}

@@ -26,6 +26,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # FlashRNN's torch extension): worth compiling in other processes first.
 CACHED = ("triton", "flashrnn")
 
+# A FlashRNN job counts as this many Triton ones when sharing out the jobs.
+_FLASHRNN_COST = 20
+
 # (backend, dtype, batch, hidden, layers, bidirectional, packed, T)
 Job = Tuple[str, str, int, int, int, bool, bool, int]
 
@@ -124,12 +127,16 @@ def shard_jobs(jobs: List[Job], n: int) -> List[List[Job]]:
         b, dtype, batch, hidden, layers, bidir, packed, T = job
         return (b, dtype, hidden, T, 1 if batch == 1 else 16 if batch <= 16 else 32, layers, bidir, packed)
 
+    def cost(group: List[Job]) -> int:
+        # FlashRNN builds a CUDA extension with nvcc (a minute or more): its own process.
+        return sum(_FLASHRNN_COST if job[0] == "flashrnn" else 1 for job in group)
+
     groups: Dict[tuple, List[Job]] = {}
     for job in jobs:
         groups.setdefault(key(job), []).append(job)
     shards: List[List[Job]] = [[] for _ in range(max(1, n))]
-    for group in sorted(groups.values(), key=len, reverse=True):
-        min(shards, key=len).extend(group)
+    for group in sorted(groups.values(), key=cost, reverse=True):
+        min(shards, key=cost).extend(group)
     return [s for s in shards if s]
 
 
