@@ -72,8 +72,10 @@ def test_a_stage_that_times_out_is_recorded_and_the_next_still_runs(tmp_path):
     assert "NOT all stages passed" in proc.stdout
 
 
-@pytest.mark.parametrize("args,needle", [(["--stages", "env,bake"], "--stages"), (["--timeouts", "env=-1"], "--timeouts"),
-                                         (["--timeouts", "lunch=3"], "--timeouts"), (["--shards", "0"], "--shards")])
+@pytest.mark.parametrize("args,needle", [
+    (["--stages", "env,bake"], "--stages"), (["--timeouts", "env=-1"], "--timeouts"),
+    (["--timeouts", "lunch=3"], "--timeouts"), (["--shards", "0"], "--shards"),
+])
 def test_bad_arguments_are_refused(args, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         gpu_check.main(["--dry", "--out", str(tmp_path), *args])

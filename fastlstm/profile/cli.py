@@ -171,7 +171,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_count(), default=1, help="stacked layers (default 1)")
     p.add_argument("--bidirectional", action="store_true", help="a bidirectional nn.LSTM (layer workload)")
     p.add_argument("--packed", action="store_true",
-                   help="packed input: a PackedSequence of sequences from T down to T/2 long, unsorted (layer workload)")
+                   help="packed input: a PackedSequence of sequences from T down to T/2 long, unsorted "
+                        "(layer workload)")
     p.add_argument("--seq-lens", type=_int_list(), default=None,
                    help="comma list of T (" + preset_help("seq_lens") + ")")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")

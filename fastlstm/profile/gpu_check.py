@@ -213,7 +213,10 @@ def junit_summary(paths: Sequence[str]) -> dict:
 def _barrier(out: str, dry: bool, timeout: float) -> dict:
     cmd = [_python(), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "bench/test_bench_barrier.py",
            f"--junitxml={os.path.join(out, 'barrier.xml')}"]
-    cmd += ["--benchmark-disable"] if dry else ["--benchmark-only", f"--benchmark-json={os.path.join(out, 'barrier.json')}"]
+    if dry:
+        cmd.append("--benchmark-disable")
+    else:
+        cmd += ["--benchmark-only", f"--benchmark-json={os.path.join(out, 'barrier.json')}"]
     proc = start_logged(cmd, os.path.join(out, "barrier.log"), dict(os.environ, PYTHONUNBUFFERED="1"))
     clean = wait_all([proc], time.monotonic() + timeout)
     result = junit_summary([os.path.join(out, "barrier.xml")])

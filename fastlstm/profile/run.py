@@ -22,8 +22,8 @@ DEFAULT_SLOW_MAX_SEQ_LEN = 1024
 
 FIELDS = (
     "workload", "backend", "mode", "seq_len", "batch", "input", "hidden", "layers", "bidirectional", "packed",
-    "dtype", "device", "device_name", "status", "note", "plan", "cudnn_algo", "ms", "ms_min", "ms_max", "ms_per_step", "tokens_per_s",
-    "speedup_vs_torch", "peak_mem_bytes", "max_abs_err", "repeats", "inner", "threads",
+    "dtype", "device", "device_name", "status", "note", "plan", "cudnn_algo", "ms", "ms_min", "ms_max", "ms_per_step",
+    "tokens_per_s", "speedup_vs_torch", "peak_mem_bytes", "max_abs_err", "repeats", "inner", "threads",
     "load_avg_1m", "load_avg_1m_max", "torch_version", "triton_version", "git_commit", "timestamp",
 )
 
