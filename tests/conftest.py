@@ -4,9 +4,12 @@ TRITON_INTERPRET must be set before any `@triton.jit` function is defined,
 that is before `fastlstm.kernels` is first imported, so it is set here, at
 collection time. On a machine with a GPU, run with FASTLSTM_TEST_NATIVE=1 to
 test the compiled kernels instead of the interpreter: test_triton_backend.py
-and test_lstm_module.py then put the Triton cases on the GPU, while the
-hardening, dtype and compile tests keep their Triton cases to the interpreter
-(they build CPU tensors).
+and test_lstm_module.py then put the Triton cases on the GPU (drawing their
+shapes from fixed lists, since each new shape is a kernel compile there), and
+test_gpu.py runs (CUDA autocast, torch.compile), while the hardening, dtype and
+compile tests keep their Triton cases to the interpreter (they build CPU
+tensors). `make gpu-check` runs those native tests (see
+fastlstm/profile/gpu_check.py).
 """
 import os
 
