@@ -35,13 +35,14 @@ shapes (a few Triton tests, the barrier benchmark skipping itself off CUDA, the
 Time on an H100-class GPU (estimates from the H200's figures, not yet
 measured; the stage timeouts bound them):
 - env: ~5 s.
-- native: about 105 distinct Triton kernel variants (the fixed cases' shape
-  classes: dtype x batch tile x sizes of 1 or multiples of 16 x projection x
-  packing x training x T=1 x mode; the property tests reuse them), one
-  Inductor graph and two TorchScript fusions, at 2-4 s each: ~5 minutes on one
-  process, ~1.5-2 minutes on 4 (some variants compile in two shards).
+- native: about 105 distinct Triton kernel variants (counted from the launch
+  plans of the fixed cases, by dtype, batch tile, sizes of 1 or multiples of
+  16, projection, packing, training, T=1 and mode; the property tests reuse
+  them), one Inductor graph and two TorchScript fusions, at 2-4 s each: ~5
+  minutes on one process, ~1.5-2 minutes on 4 (some variants compile in two
+  shards).
 - barrier: 6 benchmarks of ~1 s plus one compile: ~20 s.
-- profile: ~83 warm-up jobs (~170 kernel variants) on 14 processes, ~40-60 s;
+- profile: 83 warm-up jobs (~180 kernel variants) on 14 processes, ~40-60 s;
   then the grid, ~3 minutes (`grids.gpu_time_estimate`).
 About 6-7 minutes in all; the timeouts (30 + 200 + 60 + 290 s) cap it at 9m40s.
 """

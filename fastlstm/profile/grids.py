@@ -80,6 +80,10 @@ _STEP_US = {"small": (5.0, 15.0), "mid": (13.0, 45.0), "large": (49.0, 160.0)}  
 _CALL_US = (560.0, 1950.0)
 _CUDNN_STEP_US = (19.0, 60.0)
 _SAMPLE_S = 0.02  # a timing sample lasts at least this long (timing._MIN_SAMPLE_S)
+# Distinct Triton kernel variants per warm-up job: about 180 for the GPU grid's
+# 83 jobs, counted from the launch plans of its shapes (constexprs, and sizes of
+# 1 or multiples of 16, which Triton specialises on).
+_VARIANTS_PER_JOB = 2.2
 
 
 def gpu_time_estimate(axes: Dict[str, list] = GPU_AXES, repeats: int = GPU_REPEATS,
@@ -91,8 +95,8 @@ def gpu_time_estimate(axes: Dict[str, list] = GPU_AXES, repeats: int = GPU_REPEA
     warm-up calls and `repeats` samples of at least 20 ms, plus a peak-memory
     call; the float64 reference once per group (cuDNN in float64, taken as 4x
     the bf16 standard path's step). Triton's kernels compile first, in
-    `compile_workers` processes (`warm.py`; about two kernel variants per
-    warm-up job, 3 s each, plus ~10 s of process start-up); the sweep then
+    `compile_workers` processes (`warm.py`; `_VARIANTS_PER_JOB` kernel variants
+    per warm-up job, 3 s each, plus ~10 s of process start-up); the sweep then
     only loads them.
 
     Example:
@@ -127,6 +131,6 @@ def gpu_time_estimate(axes: Dict[str, list] = GPU_AXES, repeats: int = GPU_REPEA
     from .warm import warm_jobs
 
     jobs = warm_jobs(axes["dtype"], axes["hidden"], axes["batch"], axes["seq_lens"], GPU_BACKENDS, extras)
-    compile_s = 2 * len(jobs) * 3.0 / compile_workers + 10.0
+    compile_s = _VARIANTS_PER_JOB * len(jobs) * 3.0 / compile_workers + 10.0
     return {"compile_s": compile_s, "main_s": main, "extras_s": extra + loops, "load_s": load,
             "total_s": compile_s + main + extra + loops + load}

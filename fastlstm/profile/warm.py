@@ -1,9 +1,9 @@
 """Compile a profile's kernels before it is timed, in several processes at once.
 
 Triton compiles a kernel variant in 2-4 s on an H100 host, on one CPU core;
-the GPU grid needs about 170 of them (dtype x hidden size x batch tile x
+the GPU grid needs many of them (dtype x hidden size x batch tile x
 T=1 or longer x forward, forward-for-training and backward, plus the
-bidirectional and packed sweeps). Compiled one after another inside the
+bidirectional and packed sweeps: about 180). Compiled one after another inside the
 profile that would be ~8 minutes; Triton keeps what it compiles in its disk
 cache (as FlashRNN's torch extension does in its own), so `warm_in_parallel`
 compiles them first in many processes, each running one call per shape
