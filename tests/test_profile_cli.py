@@ -345,9 +345,11 @@ def test_the_gpu_grid_is_the_default_on_cuda_and_fits_its_time(monkeypatch):
 def test_each_triton_row_names_its_launch_plan():
     rows = [dict(backend="triton", mode="infer", seq_len=T, plan="forward persistent: 96 programs") for T in (64, 256)]
     rows += [dict(backend="triton", mode="train", seq_len=64, plan="forward ...; backward ..."),
-             dict(backend="torch", mode="infer", seq_len=64, plan=None)]
+             dict(backend="torch", mode="infer", seq_len=64, plan=None),
+             dict(backend="torch", mode="train", seq_len=64, plan=None, cudnn_algo="standard")]
     assert report._plan_lines(rows) == [
         "triton infer (T=64, 256) launch plan: forward persistent: 96 programs",
         "triton train (T=64) launch plan: forward ...; backward ...",
+        "torch train (T=64) cuDNN algorithm: standard",
     ]
     assert profile.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off CUDA"
