@@ -27,8 +27,8 @@ from .models import DTYPES, KNOWN_BACKENDS, SLOW_BACKENDS, default_backends, res
 from .plot import plot
 from .progress import ProgressLine
 from .report import print_report
-from .warm import warm_in_parallel, warm_jobs
 from .run import count_work, run_profile
+from .warm import warm_in_parallel, warm_jobs
 from .workloads import WORKLOADS, backends_for, workload_unavailable_reason
 
 DEFAULT_OUT = "profile-out"
@@ -387,7 +387,8 @@ def _compile_first(args, st: dict, device: torch.device, names: List[str], extra
     if "layer" not in st["workloads"]:
         return
     jobs = warm_jobs(st["dtypes"], st["hiddens"], st["batches"], st["seq_lens"], names,
-                     [sweep for sweep, _ in extras], stand_in=None if device.type == "cuda" else "jit")
+                     [sweep for sweep, _ in extras], stand_in=None if device.type == "cuda" else "jit",
+                     layers=args.layers, bidirectional=args.bidirectional, packed=args.packed)
     if not jobs:
         return
     print(f"compiling the kernels of {len(jobs)} shapes in {min(workers, len(jobs))} processes first "

@@ -91,9 +91,11 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 
 
 def warm_jobs(dtypes: Iterable[str], hiddens: Iterable[int], batches: Iterable[int], seq_lens: Iterable[int],
-              backends: Iterable[str], extras: Iterable = (), stand_in: Optional[str] = None) -> List[Job]:
+              backends: Iterable[str], extras: Iterable = (), stand_in: Optional[str] = None, layers: int = 1,
+              bidirectional: bool = False, packed: bool = False) -> List[Job]:
     """The calls that compile every kernel a profile needs, one per shape class:
-    the main sweep (every dtype x hidden x batch, `backends`) and the `extras`
+    the main sweep (every dtype x hidden x batch, `backends`, `layers`,
+    `bidirectional`, `packed`) and the `extras`
     (`grids.Sweep`s; one naming no backends means the device's defaults). A
     Triton kernel does not depend on T beyond T=1 (a single step runs without
     the barrier), so its T is 1 and 2; FlashRNN is warmed at its sweep's own T.
@@ -113,7 +115,7 @@ def warm_jobs(dtypes: Iterable[str], hiddens: Iterable[int], batches: Iterable[i
     for dtype in dtypes:
         for hidden in hiddens:
             for batch in batches:
-                add(backends, dtype, batch, hidden, seq_lens)
+                add(backends, dtype, batch, hidden, seq_lens, layers, bidirectional, packed)
     for s in extras:
         add(s.backends or CACHED, s.dtype, s.batch, s.hidden, s.seq_lens, s.layers, s.bidirectional, s.packed)
     return list(dict.fromkeys(jobs))
