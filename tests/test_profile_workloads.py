@@ -190,24 +190,38 @@ def test_plot_keeps_the_legend_off_the_panels_and_labels_every_axis():
         plt.close(fig)
 
 
-def test_warm_up_waits_until_a_compile_is_over():
+def test_warm_up_waits_until_a_compile_is_over(monkeypatch):
     """A step whose first calls compile (slow, as TorchScript's optimisation on a
     GPU was: 0.9 s a call) is warmed until two calls in a row agree, however long
     the slow calls took; a step that is fast from the start stops at max_calls."""
-    from fastlstm.profile.timing import warm_up
+    from fastlstm.profile import timing
 
-    slow = iter([0.2, 0.12] + [0.0] * 30)
-    calls = []
+    class Clock:  # each call of the step takes the seconds it is told, exactly
+        now = 0.0
 
-    def compiling():
-        calls.append(1)
-        time.sleep(next(slow))
+        def perf_counter(self):
+            return self.now
 
-    warm_up(compiling, max_calls=3, budget_s=0.05)
+    clock = Clock()
+    monkeypatch.setattr(timing, "time", clock)
+
+    def step_taking(seconds):
+        calls = []
+
+        def step():
+            clock.now += seconds[len(calls)]
+            calls.append(1)
+        return step, calls
+
+    step, calls = step_taking([0.9, 0.5, 0.05, 0.05] + [0.05] * 30)
+    assert timing.warm_up(step, max_calls=3, budget_s=0.5) == pytest.approx(0.05)
     assert len(calls) == 4, f"{len(calls)} warm-up calls: stopped while still compiling"
-    calls.clear()
-    warm_up(lambda: calls.append(1), max_calls=3)
+    step, calls = step_taking([0.01] * 30)
+    timing.warm_up(step, max_calls=3)
     assert len(calls) == 3
+    step, calls = step_taking([2.0, 1.0] * 30)  # never settles: stops at the time limit
+    timing.warm_up(step, limit_s=10.0)
+    assert len(calls) == 7
 
 
 def test_packed_and_bidirectional_rows_are_checked_and_named():

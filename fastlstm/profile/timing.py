@@ -31,7 +31,10 @@ def warm_up(step: Callable, max_calls: int = 3, budget_s: float = 0.5, settle: f
         step()
         last = time.perf_counter() - t0
         spent += last
-        settled = previous is not None and max(last, previous) <= settle * max(min(last, previous), 1e-9)
+        # Within a factor `settle`, or within a millisecond (no compile is that
+        # short, and the timer's noise is not negligible for calls of microseconds).
+        settled = previous is not None and (max(last, previous) <= settle * min(last, previous)
+                                             or abs(last - previous) < 1e-3)
         if settled and (n >= max_calls or spent > budget_s):
             break
         if spent > limit_s:
