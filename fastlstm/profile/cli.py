@@ -301,7 +301,7 @@ def _run_cli(args) -> int:
           f"H in {st['hiddens']}; {', '.join(st['dtypes'])}; L={args.layers}; on {device} ({device_name(device)}, "
           f"{threads} threads); T in {st['seq_lens']}; {', '.join(st['modes'])}; backends {', '.join(names)}; "
           f"{st['repeats']} interleaved repeats; slow loops up to T={st['slow_max_seq_len'] or 'any'}; "
-          + (f"then {len(extras)} more sweeps ({', '.join(dict.fromkeys(s.tag for s, _ in extras))}); "
+          + (f"after {len(extras)} extra sweeps ({', '.join(dict.fromkeys(s.tag for s, _ in extras))}); "
              if extras else "") + f"{total_rows} rows; writing to {args.out}/", flush=True)
     if device.type == "cpu" and threads > 1 and busy_before is not None and busy_before >= 0.5:
         print(f"warning: the CPU is busy ({busy_before:.2f} cores in use); with {threads} torch threads on "
@@ -314,6 +314,19 @@ def _run_cli(args) -> int:
     with LoadMonitor() as load:
         try:
             with ProgressLine(total_rows, total_work) as bar:
+                # The extra sweeps first: few and short, and some (FlashRNN beside
+                # Triton and cuDNN) are measured nowhere else.
+                for sweep, sweep_names in extras:
+                    rows = run_profile(
+                        batch=sweep.batch, input_size=args.input or sweep.hidden, hidden_size=sweep.hidden,
+                        layers=sweep.layers, bidirectional=sweep.bidirectional, packed=sweep.packed,
+                        seq_lens=list(sweep.seq_lens), dtype=DTYPES[sweep.dtype], device=str(device),
+                        modes=st["modes"], backends=sweep_names, repeats=st["repeats"],
+                        slow_max_seq_len=st["slow_max_seq_len"] or None, memory=not args.no_memory, seed=args.seed,
+                        workload="layer", on_rows=files.add, progress=bar.update, load=load)
+                    print_report(rows)
+                    if can_plot:
+                        pngs.append(plot(rows, os.path.join(args.out, f"profile-{sweep.tag}-{sweep.dtype}.png")))
                 for dtype, hidden in groups:
                     group_rows: List[dict] = []
                     for _, _, workload, batch in [s for s in shapes if s[:2] == (dtype, hidden)]:
@@ -328,17 +341,6 @@ def _run_cli(args) -> int:
                         group_rows += rows
                     if can_plot:
                         pngs.append(plot(group_rows, _png_path(args.out, groups, dtype, hidden)))
-                for sweep, sweep_names in extras:
-                    rows = run_profile(
-                        batch=sweep.batch, input_size=args.input or sweep.hidden, hidden_size=sweep.hidden,
-                        layers=sweep.layers, bidirectional=sweep.bidirectional, packed=sweep.packed,
-                        seq_lens=list(sweep.seq_lens), dtype=DTYPES[sweep.dtype], device=str(device),
-                        modes=st["modes"], backends=sweep_names, repeats=st["repeats"],
-                        slow_max_seq_len=st["slow_max_seq_len"] or None, memory=not args.no_memory, seed=args.seed,
-                        workload="layer", on_rows=files.add, progress=bar.update, load=load)
-                    print_report(rows)
-                    if can_plot:
-                        pngs.append(plot(rows, os.path.join(args.out, f"profile-{sweep.tag}-{sweep.dtype}.png")))
         except KeyboardInterrupt:
             return _interrupted(files, can_plot, groups, args.out)
     load_note = _load_note(device, busy_before, load.run_max, threads)

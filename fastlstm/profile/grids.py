@@ -6,7 +6,8 @@ covers the shapes that decide the Triton backend's design against cuDNN:
 - the main sweep: B in 1, 16, 64, 256; H (= I) in 256, 768, 1024; T in 1, 16,
   64, 256, 1024; float16, bfloat16 and float32; infer and train; fastlstm's
   Triton backend against nn.LSTM (cuDNN), 3 interleaved repeats;
-- and `GPU_EXTRAS`: every backend that can run (FlashRNN aside), in the three
+- and, first (they are few and short, and FlashRNN's comparison is measured
+  nowhere else), `GPU_EXTRAS`: every backend that can run (FlashRNN aside), in the three
   dtypes, at one small shape; a 2-layer bidirectional nn.LSTM; packed input; and FlashRNN's
   headline shape (B=16, H=768, T=1024, bf16 and fp16), FlashRNN beside
   Triton and cuDNN (skipped with a reason where the `flashrnn` package does
