@@ -15,7 +15,16 @@ MIN_PYTHON := 3.11
 # benchmark sets (to its shape), so that backends of one shape sit side by side.
 BENCH_ARGS := -m pytest bench --benchmark-only --benchmark-group-by=group
 
-.PHONY: venv profile test bench bench-args clean
+# `make gpu-check` runs on a GPU machine (no network) with its own python3 and
+# torch: it installs this checkout without dependencies, then runs
+# fastlstm/profile/gpu_check.py (results in bench/results/gpu-<date>-<commit>/).
+# It never creates .venv. `make gpu-check-dry` rehearses the same stages on the
+# CPU under Triton's interpreter, with tiny shapes, writing to $(GPU_CHECK_OUT)
+# (empty: a new temporary folder); CI runs it through tests/test_gpu_check.py.
+GPU_CHECK_ARGS ?=
+GPU_CHECK_OUT ?=
+
+.PHONY: venv profile test bench bench-args clean gpu-check gpu-check-dry
 
 venv: $(STAMP)
 
@@ -39,6 +48,13 @@ bench: $(STAMP)
 
 bench-args:
 	@echo $(BENCH_ARGS)
+
+gpu-check:
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PYTHON) -m fastlstm.profile.gpu_check $(GPU_CHECK_ARGS)
+
+gpu-check-dry: $(STAMP)
+	$(PY) -m fastlstm.profile.gpu_check --dry $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT)) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks

@@ -27,7 +27,7 @@ def test_cell_loop(benchmark, backend, cell_shape, shape_data, bench_env):
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
     step = make_step(workloads.build_workload_model("cell", backend, cell), x, spec.mode, grad_out)
-    ok, err, msg = compare(step(), want, spec.torch_dtype)
+    ok, err, msg = compare(step(), want, spec.torch_dtype, device, backend, "cell")
     if not ok:
         pytest.fail(f"{backend} at {spec.id}: wrong answer against nn.LSTMCell, no figure recorded: {msg}",
                     pytrace=False)

@@ -35,7 +35,7 @@ def test_lstm(benchmark, backend, shape, shape_spec, shape_data, bench_env):
         if backend != "flashrnn":
             raise  # fastlstm's own backends and baselines must import; a skip would hide it
         pytest.skip(f"{backend} does not import: {e}")
-    ok, err, msg = profile.compare(got, want, spec.torch_dtype)
+    ok, err, msg = profile.compare(got, want, spec.torch_dtype, device, backend)
     if not ok:
         pytest.fail(f"{backend} at {spec.id}: wrong answer against nn.LSTM, no figure recorded: {msg}",
                     pytrace=False)

@@ -4,9 +4,12 @@ TRITON_INTERPRET must be set before any `@triton.jit` function is defined,
 that is before `fastlstm.kernels` is first imported, so it is set here, at
 collection time. On a machine with a GPU, run with FASTLSTM_TEST_NATIVE=1 to
 test the compiled kernels instead of the interpreter: test_triton_backend.py
-and test_lstm_module.py then put the Triton cases on the GPU, while the
-hardening, dtype and compile tests keep their Triton cases to the interpreter
-(they build CPU tensors).
+and test_lstm_module.py then put the Triton cases on the GPU (drawing their
+shapes from fixed lists, since each new shape is a kernel compile there), and
+test_gpu.py runs (CUDA autocast, torch.compile), while the hardening, dtype and
+compile tests keep their Triton cases to the interpreter (they build CPU
+tensors). `make gpu-check` runs those native tests (see
+fastlstm/profile/gpu_check.py).
 """
 import os
 
@@ -38,7 +41,24 @@ def _seed():
 
 def pytest_collection_modifyitems(session, config, items):
     """Ahead-of-time compiling (tests/test_triton_aot.py) takes minutes: start it
-    in the background now and run its tests last, so it overlaps the others."""
+    in the background now and run its tests last, so it overlaps the others.
+
+    FASTLSTM_TEST_SHARD=i/n keeps the i-th of n contiguous slices of the tests
+    (i from 0): `fastlstm.profile.gpu_check` runs the native suite as n
+    processes at once, since compiling the kernels (seconds each, on the CPU)
+    is most of its time. Contiguous, so that the cases of one test, which share
+    kernels, mostly compile in one process."""
+    shard = os.environ.get("FASTLSTM_TEST_SHARD")
+    if shard:
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+            if not 0 <= i < n:
+                raise ValueError(shard)
+        except ValueError:
+            raise pytest.UsageError(f"FASTLSTM_TEST_SHARD: expected i/n with 0 <= i < n, got {shard!r}") from None
+        lo, hi = len(items) * i // n, len(items) * (i + 1) // n
+        config.hook.pytest_deselected(items=items[:lo] + items[hi:])
+        items[:] = items[lo:hi]
     aot = [item for item in items if item.module.__name__ == "test_triton_aot"]
     if aot:
         aot[0].module.start()

@@ -7,15 +7,16 @@ from typing import Dict, List, Optional
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from fastlstm.precision import TOLERANCES as _BY_CHECK, answer_tolerance
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# (atol, rtol) against a float64 nn.LSTM, by the dtype the tested module runs in.
-TOLERANCES = {
-    torch.float64: (1e-9, 1e-9),
-    torch.float32: (2e-5, 1e-4),
-    torch.bfloat16: (5e-2, 5e-2),
-    torch.float16: (1e-2, 1e-2),
-}
+# (atol, rtol) against a float64 nn.LSTM, by the dtype the tested module runs in,
+# where no TF32 is in force (the CPU). On CUDA `assert_same` asks
+# fastlstm.precision, which gives float32 TF32's tolerance when torch's settings
+# let the backend use it.
+TOLERANCES = {dtype: _BY_CHECK["module"][str(dtype).replace("torch.", "")]
+              for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16)}
 
 
 # Where the Triton backend's tests put their tensors: the CPU under the
@@ -119,8 +120,12 @@ def run(module, case: Case, dtype, x, h0, c0, device="cpu") -> Dict[str, torch.T
     return {k: (v.detach().cpu().double() if v is not None else None) for k, v in result.items()}
 
 
-def assert_same(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], dtype, what: str = "") -> None:
-    atol, rtol = TOLERANCES[dtype]
+def assert_same(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], dtype, what: str = "",
+                device="cpu", backend: Optional[str] = None) -> None:
+    """Every output and gradient of `got` (computed in `dtype` on `device` by
+    `backend`) against `want` (float64), name by name, within the "module"
+    tolerance of the precision in force."""
+    atol, rtol = answer_tolerance(dtype, device, backend, check="module")
     assert got.keys() == want.keys(), f"{what}: names differ: {sorted(got)} vs {sorted(want)}"
     for name in want:
         a, b = got[name], want[name]

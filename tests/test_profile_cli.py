@@ -310,18 +310,46 @@ def test_results_leave_out_failures_and_keep_other_shapes(tmp_path):
 
 def test_grid_preset_gpu():
     grid = profile_cli._grid("gpu")
-    assert grid == {"batch": [1, 16, 64, 256], "hidden": [256, 768, 1024], "dtype": ["bfloat16", "float32"],
-                    "seq_lens": [64, 256, 1024, 4096]}
+    assert {k: grid[k] for k in ("batch", "hidden", "dtype", "seq_lens", "repeats", "backends")} == {
+        "batch": [1, 16, 64, 256], "hidden": [256, 768, 1024], "dtype": ["float16", "bfloat16", "float32"],
+        "seq_lens": [1, 16, 64, 256, 1024], "repeats": 3, "backends": ["triton", "torch"]}
+    extras = {(e.tag, e.dtype): e for e in grid["extras"]}
+    assert {tag for tag, _ in extras} == {"all-backends", "bidir-2layers", "packed", "flashrnn"}
+    assert set(extras[("all-backends", "float16")].backends) == {"jit", "triton", "tutorial", "scripted", "torch"}
+    assert extras[("bidir-2layers", "float32")].layers == 2 and extras[("bidir-2layers", "float32")].bidirectional
+    assert extras[("packed", "bfloat16")].packed
+    head = extras[("flashrnn", "bfloat16")]
+    assert (head.batch, head.hidden, head.seq_lens, "flashrnn" in head.backends) == (16, 768, (1024,), True)
+    assert ("flashrnn", "float16") in extras
     assert profile_cli._grid("gpu,dtype=bf16,batch=4")["dtype"] == ["bfloat16"]
     assert profile_cli._grid("gpu,batch=4")["batch"] == [4]
+
+
+def test_the_gpu_grid_is_the_default_on_cuda_and_fits_its_time(monkeypatch):
+    """On CUDA, `fastlstm profile` with no size, grid or shape flag sweeps the GPU
+    grid; the estimate from the H200's per-step figures keeps it under 4 minutes."""
+    from fastlstm.profile.grids import gpu_time_estimate
+
+    parser = profile_cli.argparse.ArgumentParser()
+    profile_cli.add_parser(parser.add_subparsers())
+    monkeypatch.setattr(profile_cli, "resolve_device", lambda d: torch.device("cuda" if d != "cpu" else "cpu"))
+    st = profile_cli._settings(parser.parse_args(["profile", "--device", "cuda"]))
+    assert st["batches"] == [1, 16, 64, 256] and st["repeats"] == 3 and st["backends"] == ["triton", "torch"]
+    assert len(st["extras"]) == 11
+    for flags in (["--device", "cpu"], ["--device", "cuda", "--quick"], ["--device", "cuda", "--batch", "8"]):
+        st = profile_cli._settings(parser.parse_args(["profile", *flags]))
+        assert st["extras"] == [] and st["backends"] is None, flags
+    assert gpu_time_estimate()["total_s"] <= 240
 
 
 def test_each_triton_row_names_its_launch_plan():
     rows = [dict(backend="triton", mode="infer", seq_len=T, plan="forward persistent: 96 programs") for T in (64, 256)]
     rows += [dict(backend="triton", mode="train", seq_len=64, plan="forward ...; backward ..."),
-             dict(backend="torch", mode="infer", seq_len=64, plan=None)]
+             dict(backend="torch", mode="infer", seq_len=64, plan=None),
+             dict(backend="torch", mode="train", seq_len=64, plan=None, cudnn_algo="standard")]
     assert report._plan_lines(rows) == [
         "triton infer (T=64, 256) launch plan: forward persistent: 96 programs",
         "triton train (T=64) launch plan: forward ...; backward ...",
+        "torch train (T=64) cuDNN algorithm: standard",
     ]
     assert profile.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off CUDA"

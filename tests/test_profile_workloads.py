@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -187,3 +188,90 @@ def test_plot_keeps_the_legend_off_the_panels_and_labels_every_axis():
             assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 4, ax.get_title()
     finally:
         plt.close(fig)
+
+
+def test_warm_up_waits_until_a_compile_is_over(monkeypatch):
+    """A step whose first calls compile (slow, as TorchScript's optimisation on a
+    GPU was: 0.9 s a call) is warmed until two calls in a row agree, however long
+    the slow calls took; a step that is fast from the start stops at max_calls."""
+    from fastlstm.profile import timing
+
+    class Clock:  # each call of the step takes the seconds it is told, exactly
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(timing, "time", clock)
+
+    def step_taking(seconds):
+        calls = []
+
+        def step():
+            clock.now += seconds[len(calls)]
+            calls.append(1)
+        return step, calls
+
+    step, calls = step_taking([0.9, 0.5, 0.05, 0.05] + [0.05] * 30)
+    assert timing.warm_up(step, max_calls=3, budget_s=0.5) == pytest.approx(0.05)
+    assert len(calls) == 4, f"{len(calls)} warm-up calls: stopped while still compiling"
+    step, calls = step_taking([0.01] * 30)
+    timing.warm_up(step, max_calls=3)
+    assert len(calls) == 3
+    step, calls = step_taking([2.0, 1.0] * 30)  # never settles: stops at the time limit
+    timing.warm_up(step, limit_s=10.0)
+    assert len(calls) == 7
+
+
+def test_packed_and_bidirectional_rows_are_checked_and_named():
+    """Packed input (a PackedSequence of unsorted lengths) and a bidirectional
+    two-layer nn.LSTM: checked against float64, with the loop baselines skipped."""
+    rows = profile.run_profile(batch=3, input_size=3, hidden_size=4, layers=2, seq_lens=[5], repeats=1, memory=False,
+                       backends=["jit", "tutorial"], bidirectional=True, packed=True)
+    by = {(r["backend"], r["mode"]): r for r in rows}
+    for mode in ("infer", "train"):
+        assert by[("jit", mode)]["status"] == "ok" and by[("torch", mode)]["status"] == "ok", by
+        assert by[("tutorial", mode)]["status"] == "skipped"
+        assert all(r["bidirectional"] and r["packed"] and r["layers"] == 2 for r in rows)
+        assert by[("jit", mode)]["cudnn_algo"] is None  # off CUDA
+
+
+@pytest.mark.parametrize("kwargs,want", [
+    # The headline shape: fp16 persistent (B % 8, H and I % 128), bf16 and fp32 standard.
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=16), "persistent"),
+    (dict(dtype=torch.bfloat16, input_size=768, hidden_size=768, batch=16), "standard"),
+    (dict(dtype=torch.float32, input_size=1024, hidden_size=1024, batch=64), "standard"),
+    # What takes fp16 off the persistent kernel.
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=4), "standard"),  # B % 8
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=136), "standard"),  # B > 128
+    (dict(dtype=torch.float16, input_size=768, hidden_size=1536, batch=16), "standard"),  # H > 1024
+    (dict(dtype=torch.float16, input_size=100, hidden_size=768, batch=16), "standard"),  # I % 128
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=16, layers=2), "standard"),
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=16, bidirectional=True), "standard"),
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=16, packed=True), "standard"),
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=16, proj_size=256), "standard"),
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=16, sm_count=84), "standard"),  # A10-like
+    (dict(dtype=torch.float16, input_size=768, hidden_size=768, batch=16, capability=(8, 6)), "standard"),
+    # The small-H kernel, any 16/32-bit dtype, and its smaller bound in the backward.
+    (dict(dtype=torch.bfloat16, input_size=64, hidden_size=128, batch=3), "persistent-small-h"),
+    (dict(dtype=torch.float32, input_size=64, hidden_size=192, batch=3), "persistent-small-h"),
+    (dict(dtype=torch.float32, input_size=64, hidden_size=192, batch=3, forward=False), "standard"),
+    (dict(dtype=torch.float64, input_size=64, hidden_size=128, batch=3), "standard"),
+    (dict(dtype=torch.float32, input_size=64, hidden_size=128, batch=3, capability=(5, 2)), "standard"),
+    # Volta's rule depends on T.
+    (dict(dtype=torch.float16, input_size=256, hidden_size=256, batch=64, capability=(7, 0), seq_len=64),
+     "persistent"),
+    (dict(dtype=torch.float16, input_size=256, hidden_size=256, batch=64, capability=(7, 0), seq_len=16),
+     "standard"),
+    (dict(dtype=torch.float16, input_size=256, hidden_size=256, batch=16, capability=(7, 0), seq_len=16),
+     "persistent"),
+    (dict(dtype=torch.float16, input_size=256, hidden_size=256, batch=80, capability=(7, 0), seq_len=64),
+     "standard"),
+    (dict(dtype=torch.float16, input_size=256, hidden_size=256, batch=64, capability=(7, 5), seq_len=64),
+     "standard"),
+])
+def test_cudnn_algo_follows_pytorchs_rule(kwargs, want):
+    from fastlstm.profile.models import cudnn_algo
+
+    assert cudnn_algo(**kwargs) == want

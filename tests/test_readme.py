@@ -129,9 +129,9 @@ def test_shell_commands_name_real_targets_flags_and_files(block):
             _check_fastlstm_args(words[3:], where)
         elif os.path.basename(head).startswith("python") and words[1:3] == ["-m", "pytest"]:
             _check_paths(words[3:], where)
-        elif os.path.basename(head).startswith("python") and words[1:4] == ["-m", "pip", "install"] \
-                or head == "pip" and words[1] == "install":
-            pass  # installs: nothing here to check
+        elif os.path.basename(head).startswith("python") and words[1:3] == ["-m", "pip"] \
+                and words[3] in ("install", "download") or head == "pip" and words[1] == "install":
+            pass  # installs and downloads: nothing here to check
         else:
             pytest.fail(f"{where}: a command this test does not know how to check")
 

@@ -43,7 +43,11 @@ Where each piece lives:
 - `models.py`: backend names, when a backend can run, the module for each.
 - `workloads.py`: the layer and cell workloads: inputs, one timed call (infer or
   train) and its float64 reference.
-- `check.py`: the answer check against that reference.
+- `check.py`: the answer check against that reference (tolerances from
+  `fastlstm.precision`: the precision in force, TF32 included).
+- `grids.py`: the GPU grid (`--grid gpu`, the default on CUDA) and its time
+  estimate.  `warm.py`: compiling a grid's kernels in parallel first.
+- `gpu_check.py`: `make gpu-check`, everything a GPU machine runs, in one command.
 - `timing.py`: warm-up and interleaved timing.
 - `memory.py`: peak memory of one call (CUDA allocator, or a CPU subprocess).
 - `env.py`: device, versions, threads, load, commit and time.

@@ -7,10 +7,13 @@ Three sizes of run, each flag given on the command line winning over them:
 - `--quick`: T in 16, 64, 2 repeats, the slow loops at T=16 only;
 - `--full`: T to 1024, 7 repeats, the slow loops to T=1024, B in 1, 8, 32 and
   both workloads (layer and cell).
+On CUDA the default is the GPU grid instead (`--grid gpu`, see `grids.py`).
 """
 import argparse
 import importlib.util
+import json
 import os
+import time
 from typing import Callable, Dict, List
 
 import torch
@@ -18,11 +21,14 @@ from torch import nn
 
 from .env import LoadMonitor, busy, cores_in_use, device_name
 from .files import RESULT_FIELDS, ProfileFiles, baseline_name, write_results
+from .grids import GPU_AXES, GPU_BACKENDS, GPU_DRY_AXES, GPU_DRY_BACKENDS, GPU_DRY_EXTRAS, GPU_EXTRAS, GPU_REPEATS, \
+    Sweep
 from .models import DTYPES, KNOWN_BACKENDS, SLOW_BACKENDS, default_backends, resolve_device
 from .plot import plot
 from .progress import ProgressLine, profile_plan
 from .report import print_report
 from .run import count_work, run_profile
+from .warm import warm_in_parallel, warm_jobs
 from .workloads import WORKLOADS, backends_for, workload_unavailable_reason
 
 DEFAULT_OUT = "profile-out"
@@ -40,11 +46,16 @@ PRESETS = {
 }
 # `--grid` presets: the axes they set (a given --seq-lens wins over a preset's).
 GRID_AXES = ("batch", "hidden", "dtype")
+# A preset may also set the repeats, the backends (unless --backends is given)
+# and extra sweeps (see grids.py).
 GRID_PRESETS = {
-    "gpu": {"batch": [1, 16, 64, 256], "hidden": [256, 768, 1024], "dtype": ["bfloat16", "float32"],
-            "seq_lens": [64, 256, 1024, 4096]},
+    "gpu": dict(GPU_AXES, repeats=GPU_REPEATS, backends=list(GPU_BACKENDS), extras=list(GPU_EXTRAS)),
+    "gpu-dry": dict(GPU_DRY_AXES, repeats=1, backends=list(GPU_DRY_BACKENDS), extras=list(GPU_DRY_EXTRAS)),
 }
 _DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
+# The parallel compile before a grid's profile stops after this long; what is
+# left compiles inside the profile (still before timing).
+WARM_TIMEOUT_S = 180
 _PREFIX = "fastlstm profile"
 
 
@@ -161,6 +172,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=_count(), default=DEFAULT_HIDDEN,
                    help=f"hidden size H (default {DEFAULT_HIDDEN})")
     p.add_argument("--layers", type=_count(), default=1, help="stacked layers (default 1)")
+    p.add_argument("--bidirectional", action="store_true", help="a bidirectional nn.LSTM (layer workload)")
+    p.add_argument("--packed", action="store_true",
+                   help="packed input: a PackedSequence of sequences from T down to T/2 long, unsorted "
+                        "(layer workload)")
     p.add_argument("--seq-lens", type=_int_list(), default=None,
                    help="comma list of T (" + preset_help("seq_lens") + ")")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
@@ -176,20 +191,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"longest T for the slow loops ({', '.join(SLOW_BACKENDS)}); 0: no cap "
                         "(" + preset_help("slow_max_seq_len") + ")")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--compile-workers", type=_count(0), default=None, metavar="N",
+                   help="compile the Triton (and FlashRNN) kernels of every shape first, in N processes at once, "
+                        "into their disk caches (default on CUDA with --grid: CPU cores - 2, at most 14; else 0: "
+                        "each backend compiles in the run, before it is timed). On the CPU, jit stands in (a "
+                        "rehearsal: its compiles are not cached)")
     p.add_argument("--threads", type=_count(), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help=f"output folder; files there are overwritten (default {DEFAULT_OUTS['default']}/; --quick: "
                         f"{DEFAULT_OUTS['quick']}/; --full: {DEFAULT_OUTS['full']}/)")
     preset = ", ".join(f"{name}: batch {'/'.join(map(str, g['batch']))}, hidden {'/'.join(map(str, g['hidden']))}, "
-                       f"dtype {'/'.join(g['dtype'])}, T {','.join(map(str, g['seq_lens']))}"
+                       f"dtype {'/'.join(g['dtype'])}, T {','.join(map(str, g['seq_lens']))}, "
+                       f"{g['repeats']} repeats, backends {','.join(g['backends'])}, plus "
+                       + "/".join(dict.fromkeys(e.tag for e in g["extras"])) + " sweeps"
                        for name, g in GRID_PRESETS.items())
     p.add_argument("--grid", type=_grid, default=None, metavar="SPEC",
                    help="sweep batch x hidden x dtype, --seq-lens giving T: a comma list of presets and "
                         "AXIS=V1/V2/... (AXIS: batch, hidden, dtype; dtype also bf16, fp32, fp16, fp64), later "
                         "items winning, e.g. 'gpu' or 'batch=1/16,hidden=256/768,dtype=bf16/fp32'; axes left out "
                         f"come from --batch, --hidden, --dtype; the input size is the hidden size unless --input "
-                        f"is given. Preset {preset} (its T only when --seq-lens is not given)")
+                        f"is given. Preset {preset} (its T, repeats and backends only where --seq-lens, --repeats "
+                        f"and --backends are not given; the default on CUDA)")
     p.add_argument("--results", default=None, metavar="FILE",
                    help="also write FILE, a JSON list with one row per fastlstm backend x shape x mode of the "
                         "layer workload: " + ", ".join(RESULT_FIELDS) + " (device: GPU/CPU name; baseline: "
@@ -208,15 +231,29 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(2)
 
 
+def _gpu_default(args) -> bool:
+    """The GPU grid is the default on CUDA: no size, grid or shape flag given."""
+    if args.full or args.quick or args.grid is not None or args.batch or args.seq_lens:
+        return False
+    try:
+        return resolve_device(args.device).type == "cuda"
+    except ValueError:
+        return False  # _prepare reports it
+
+
 def _settings(args) -> dict:
     """The run's settings: flags first, then --grid, then the size's preset."""
     name = "full" if args.full else "quick" if args.quick else "default"
+    if _gpu_default(args):
+        args.grid = _grid("gpu")
     preset, grid = PRESETS[name], args.grid or {}
     slow = args.slow_max_seq_len if args.slow_max_seq_len is not None else preset["slow_max_seq_len"]
     return dict(
         size=name,
         seq_lens=args.seq_lens or grid.get("seq_lens") or list(preset["seq_lens"]),
-        repeats=args.repeats or preset["repeats"],
+        repeats=args.repeats or grid.get("repeats") or preset["repeats"],
+        backends=args.backends or grid.get("backends"),
+        extras=[] if args.workload == ["cell"] else list(grid.get("extras", [])),
         slow_max_seq_len=slow,
         batches=grid.get("batch") or args.batch or list(preset["batch"]),
         workloads=args.workload or list(preset["workload"]),
@@ -256,9 +293,13 @@ def _run_cli(args) -> int:
     groups = [(dtype, hidden) for dtype in st["dtypes"] for hidden in st["hiddens"]]
     shapes = [(dtype, hidden, workload, batch) for dtype, hidden in groups
               for workload in st["workloads"] for batch in st["batches"]]
+    extras = [(sweep, _sweep_backends(sweep, device)) for sweep in st["extras"]]
     total_rows = sum(len(st["modes"]) * len(st["seq_lens"]) * len(backends_for(w, names)) for _, _, w, _ in shapes)
+    total_rows += sum(len(st["modes"]) * len(sweep.seq_lens) * len(n) for sweep, n in extras)
     total_work = sum(count_work(st["modes"], st["seq_lens"], b, len(backends_for(w, names)), st["repeats"],
                                 memory_on_cpu) for _, _, w, b in shapes)
+    total_work += sum(count_work(st["modes"], sweep.seq_lens, sweep.batch, len(n), st["repeats"], memory_on_cpu)
+                      for sweep, n in extras)
     # What others use now, before this run starts its threads.
     busy_before = cores_in_use()
     if busy_before is None:
@@ -267,24 +308,43 @@ def _run_cli(args) -> int:
           f"H in {st['hiddens']}; {', '.join(st['dtypes'])}; L={args.layers}; on {device} ({device_name(device)}, "
           f"{threads} threads); T in {st['seq_lens']}; {', '.join(st['modes'])}; backends {', '.join(names)}; "
           f"{st['repeats']} interleaved repeats; slow loops up to T={st['slow_max_seq_len'] or 'any'}; "
-          f"{total_rows} rows; writing to {args.out}/", flush=True)
+          + (f"after {len(extras)} extra sweeps ({', '.join(dict.fromkeys(s.tag for s, _ in extras))}); "
+             if extras else "") + f"{total_rows} rows; writing to {args.out}/", flush=True)
     if device.type == "cpu" and threads > 1 and busy_before is not None and busy_before >= 0.5:
         print(f"warning: the CPU is busy ({busy_before:.2f} cores in use); with {threads} torch threads on "
               f"{os.cpu_count()} cores times may be inflated many-fold; try --threads 1", flush=True)
     if not can_plot:
         print("matplotlib is not installed: no profile.png (pip install 'fastlstm[profile]')", flush=True)
 
+    _compile_first(args, st, device, names, extras)
     pngs: List[str] = []
     with LoadMonitor() as load:
         try:
-            plan = profile_plan(shapes, st["modes"], st["seq_lens"], names, st["slow_max_seq_len"])
+            # The per-group estimate knows the main sweep's groups; with extra
+            # sweeps in front of them it falls back to the work-weighted one.
+            plan = None if extras else profile_plan(shapes, st["modes"], st["seq_lens"], names,
+                                                    st["slow_max_seq_len"])
             with ProgressLine(total_rows, total_work, plan=plan) as bar:
+                # The extra sweeps first: few and short, and some (FlashRNN beside
+                # Triton and cuDNN) are measured nowhere else.
+                for sweep, sweep_names in extras:
+                    rows = run_profile(
+                        batch=sweep.batch, input_size=args.input or sweep.hidden, hidden_size=sweep.hidden,
+                        layers=sweep.layers, bidirectional=sweep.bidirectional, packed=sweep.packed,
+                        seq_lens=list(sweep.seq_lens), dtype=DTYPES[sweep.dtype], device=str(device),
+                        modes=st["modes"], backends=sweep_names, repeats=st["repeats"],
+                        slow_max_seq_len=st["slow_max_seq_len"] or None, memory=not args.no_memory, seed=args.seed,
+                        workload="layer", on_rows=files.add, progress=bar.update, load=load)
+                    print_report(rows)
+                    if can_plot:
+                        pngs.append(plot(rows, os.path.join(args.out, f"profile-{sweep.tag}-{sweep.dtype}.png")))
                 for dtype, hidden in groups:
                     group_rows: List[dict] = []
                     for _, _, workload, batch in [s for s in shapes if s[:2] == (dtype, hidden)]:
                         rows = run_profile(
                             batch=batch, input_size=args.input or (hidden if args.grid else DEFAULT_INPUT),
-                            hidden_size=hidden, layers=args.layers, seq_lens=st["seq_lens"], dtype=DTYPES[dtype],
+                            hidden_size=hidden, layers=args.layers, bidirectional=args.bidirectional,
+                            packed=args.packed, seq_lens=st["seq_lens"], dtype=DTYPES[dtype],
                             device=str(device), modes=st["modes"], backends=names, repeats=st["repeats"],
                             slow_max_seq_len=st["slow_max_seq_len"] or None, memory=not args.no_memory,
                             seed=args.seed, workload=workload, on_rows=files.add, progress=bar.update, load=load)
@@ -309,7 +369,10 @@ def _prepare(args, st: dict):
         torch.set_num_threads(args.threads)
     if "cell" in st["workloads"] and args.layers != 1:
         raise _fail(f"--workload cell steps one LSTMCell; --layers must be 1, got {args.layers}")
-    asked = args.backends or default_backends(device)
+    if "cell" in st["workloads"] and (args.bidirectional or args.packed):
+        raise _fail("--workload cell steps one LSTMCell in one direction on a tensor: --bidirectional and "
+                    "--packed are for the layer workload")
+    asked = st["backends"] or default_backends(device)
     _check_backends(asked, st["workloads"], args.layers, device)
     if args.results:
         folder = os.path.dirname(os.path.abspath(args.results))
@@ -324,6 +387,38 @@ def _prepare(args, st: dict):
     except OSError as e:
         raise _fail(f"--out {args.out}: cannot write there ({e.strerror or e})")
     return device, asked, files
+
+
+def _compile_first(args, st: dict, device: torch.device, names: List[str], extras) -> None:
+    """--compile-workers: the kernels of every shape compiled in parallel processes
+    (see warm.py); their records go to warm.json in --out."""
+    workers = args.compile_workers
+    if workers is None:
+        workers = min(14, max(1, (os.cpu_count() or 1) - 2)) if device.type == "cuda" and args.grid else 0
+    if workers <= 0:
+        return
+    if "layer" not in st["workloads"]:
+        return
+    jobs = warm_jobs(st["dtypes"], st["hiddens"], st["batches"], st["seq_lens"], names,
+                     [sweep for sweep, _ in extras], stand_in=None if device.type == "cuda" else "jit",
+                     layers=args.layers, bidirectional=args.bidirectional, packed=args.packed)
+    if not jobs:
+        return
+    print(f"compiling the kernels of {len(jobs)} shapes in {min(workers, len(jobs))} processes first "
+          f"(at most {WARM_TIMEOUT_S} s)...", flush=True)
+    t0 = time.monotonic()
+    records = warm_in_parallel(jobs, str(device), workers, WARM_TIMEOUT_S, args.out)
+    with open(os.path.join(args.out, "warm.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    bad = [r for r in records if r["status"] == "error"]
+    print(f"compiled: {len(records)} of {len(jobs)} shapes in {time.monotonic() - t0:.0f} s"
+          + (f"; {len(bad)} raised (their rows will say why)" if bad else ""), flush=True)
+
+
+def _sweep_backends(sweep: Sweep, device: torch.device) -> List[str]:
+    """An extra sweep's backends (the device's defaults where it names none), nn.LSTM included."""
+    names = list(sweep.backends) if sweep.backends else default_backends(device)
+    return names + ([] if "torch" in names else ["torch"])
 
 
 def _png_path(out: str, groups: list, dtype: str, hidden: int) -> str:

@@ -75,13 +75,13 @@ def _memory_child() -> None:
         libc = None
     dtype, device = DTYPES[spec["dtype"]], torch.device("cpu")
     ref = make_reference_module(spec["workload"], spec["input"], spec["hidden"], spec["layers"], dtype, device,
-                                spec["seed"])
+                                spec["seed"], bidirectional=spec.get("bidirectional", False))
     for line in sys.stdin:
         backend, mode, seq_len = json.loads(line)
         peak = None
         try:
             model = build_workload_model(spec["workload"], backend, ref)
-            x, grad_out = make_inputs(seq_len, spec["batch"], ref, mode, spec["seed"])
+            x, grad_out = make_inputs(seq_len, spec["batch"], ref, mode, spec["seed"], spec.get("packed", False))
             step = make_step(model, x, mode, grad_out)
             step()  # warm-up: compilation, caches and packed weights are not per call
             peak = _cpu_peak_growth(step, libc)
@@ -95,7 +95,8 @@ class CpuMemoryProbe:
     """Measures CPU peak memory of one call per configuration in one subprocess
     (started at the first `measure`, one per shape), one configuration at a time,
     while this process waits, so the two never compete for the cores.
-    `spec`: workload, batch, input, hidden, layers, dtype (a name), seed, threads.
+    `spec`: workload, batch, input, hidden, layers, dtype (a name), seed, threads (and
+    optionally bidirectional, packed).
 
     Example:
         >>> with CpuMemoryProbe(dict(workload="layer", batch=2, input=3, hidden=4, layers=1,

@@ -1,7 +1,7 @@
 """The backends a profile times: their names, when they can run, and the modules
 that compute an nn.LSTM's layer with each of them on its own weights."""
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +36,9 @@ def _flashrnn_importable() -> bool:
     return True
 
 
-def unavailable_reason(name: str, lstm: nn.LSTM, device: torch.device) -> Optional[str]:
-    """Why backend `name` cannot be timed for `lstm` on `device`, or None when it can.
+def unavailable_reason(name: str, lstm: nn.LSTM, device: torch.device, packed: bool = False) -> Optional[str]:
+    """Why backend `name` cannot be timed for `lstm` on `device` (on packed input
+    with `packed`), or None when it can.
 
     Triton on the CPU runs only under the interpreter, which is orders of
     magnitude too slow to time, so it counts as unavailable there.
@@ -46,6 +47,8 @@ def unavailable_reason(name: str, lstm: nn.LSTM, device: torch.device) -> Option
         return f"unknown backend {name!r}; expected one of {', '.join(KNOWN_BACKENDS)}"
     if name in ONE_LAYER_BACKENDS and (lstm.num_layers != 1 or lstm.bidirectional or lstm.proj_size):
         return "this baseline covers one layer, one direction only"
+    if name in ONE_LAYER_BACKENDS and packed:
+        return "this baseline takes no packed input"
     if name == "triton":
         if device.type != "cuda":
             return "Triton runs on the CPU only under the interpreter, far too slow to time"
@@ -87,6 +90,65 @@ class _FlashRNNLSTM(nn.Module):
         # states (S, B, T, heads, H) with S = (h, c); last (S, B, 1, heads, H)
         out = states[0, :, :, 0].transpose(0, 1)
         return out, (last[0, :, 0, 0].unsqueeze(0), last[1, :, 0, 0].unsqueeze(0))
+
+
+# cuDNN's RNN algorithms as PyTorch picks them (`cudnn_algo`).
+CUDNN_ALGOS = ("standard", "persistent", "persistent-small-h")
+
+
+def cudnn_algo(dtype: torch.dtype, input_size: int, hidden_size: int, batch: int, layers: int = 1,
+               bidirectional: bool = False, proj_size: int = 0, packed: bool = False,
+               capability: Tuple[int, int] = (9, 0), sm_count: int = 132, forward: bool = True,
+               seq_len: int = 1024) -> str:
+    """The cuDNN algorithm nn.LSTM runs on CUDA for this shape, by PyTorch's rule
+    (`get_algo` in aten/src/ATen/native/cudnn/RNN.cpp, torch 2.x; pure: no device
+    access): "persistent-small-h", "persistent" or "standard".
+
+    - A projection, packed input or float64: standard.
+    - Small hidden sizes (H <= 192 forward, <= 128 backward), on compute
+      capability 6 or newer: the small-H persistent kernel.
+    - float16 only, one layer, one direction, H <= 1024, H and I multiples of
+      128, and a device rule: on capability 8.x/9.x with at least 98 SMs (not
+      x.6) B % 8 == 0 and B <= 128; on 7.0/7.2 (not 7.5) B a multiple of 16
+      other than 80 and 112, or 8, with B <= 32 (T >= 10), 96 (T >= 20) or 128
+      (T >= 40): the persistent kernel.
+    - Everything else (bf16 and float32 at any size included): standard.
+
+    `forward` False gives the backward's choice (the small-H bound differs).
+
+    Example:
+        >>> cudnn_algo(torch.float16, 768, 768, 16), cudnn_algo(torch.bfloat16, 768, 768, 16)
+        ('persistent', 'standard')
+    """
+    if proj_size or packed or dtype == torch.float64:
+        return "standard"
+    major, minor = capability
+    if major >= 6 and hidden_size <= (192 if forward else 128):
+        return "persistent-small-h"
+    if dtype != torch.float16:
+        return "standard"
+    common = (layers == 1 and not bidirectional and hidden_size <= 1024 and hidden_size % 128 == 0
+              and input_size % 128 == 0)
+    if major == 7:
+        device_ok = minor != 5 and ((batch % 16 == 0 and batch not in (80, 112)) or batch == 8) and (
+            (seq_len >= 40 and batch <= 128) or (seq_len >= 20 and batch <= 96) or (seq_len >= 10 and batch <= 32))
+    else:
+        device_ok = major >= 8 and sm_count >= 98 and minor != 6 and batch % 8 == 0 and batch <= 128
+    return "persistent" if common and device_ok else "standard"
+
+
+def cudnn_algo_for(lstm: nn.LSTM, batch: int, seq_len: int, mode: str, packed: bool = False) -> Optional[str]:
+    """`cudnn_algo` for an nn.LSTM on its CUDA device: the forward's choice, and in
+    training "forward / backward" where they differ; None off CUDA or without cuDNN."""
+    w = lstm.weight_hh_l0
+    if w.device.type != "cuda" or not (torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled):
+        return None
+    props = torch.cuda.get_device_properties(w.device)
+    args = (w.dtype, lstm.input_size, lstm.hidden_size, batch, lstm.num_layers, lstm.bidirectional,
+            lstm.proj_size, packed, (props.major, props.minor), props.multi_processor_count)
+    fwd = cudnn_algo(*args, seq_len=seq_len)
+    bwd = cudnn_algo(*args, forward=False, seq_len=seq_len) if mode == "train" else fwd
+    return fwd if fwd == bwd else f"{fwd} / {bwd}"
 
 
 def triton_plan(lstm: nn.LSTM, batch: int, mode: str) -> Optional[str]:

@@ -69,13 +69,15 @@ def print_report(rows: List[dict], console=None) -> None:
 
 
 def _plan_lines(rows: List[dict]) -> List[str]:
-    """One line per backend and mode that recorded a launch plan, naming its rows' T."""
+    """One line per backend and mode that recorded a launch plan, and per mode the
+    cuDNN algorithm nn.LSTM ran (on CUDA), naming their rows' T."""
     plans: Dict[tuple, List[int]] = {}
     for r in rows:
         if r.get("plan"):
-            plans.setdefault((r["backend"], r["mode"], r["plan"]), []).append(r["seq_len"])
-    return [f"{backend} {mode} (T={', '.join(map(str, Ts))}) launch plan: {plan}"
-            for (backend, mode, plan), Ts in plans.items()]
+            plans.setdefault((r["backend"], r["mode"], f"launch plan: {r['plan']}"), []).append(r["seq_len"])
+        if r["backend"] == "torch" and r.get("cudnn_algo"):
+            plans.setdefault(("torch", r["mode"], f"cuDNN algorithm: {r['cudnn_algo']}"), []).append(r["seq_len"])
+    return [f"{backend} {mode} (T={', '.join(map(str, Ts))}) {what}" for (backend, mode, what), Ts in plans.items()]
 
 
 def _growth_table(rows: List[dict], Table):

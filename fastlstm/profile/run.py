@@ -10,7 +10,7 @@ from torch import nn
 from .check import compare
 from .env import LoadMonitor, environment
 from .memory import CpuMemoryProbe, cuda_peak_memory
-from .models import SLOW_BACKENDS, default_backends, resolve_device, triton_plan
+from .models import SLOW_BACKENDS, cudnn_algo_for, default_backends, resolve_device, triton_plan
 from .timing import calls_per_sample, timed_median, warm_up
 from .workloads import backends_for, build_workload_model, make_inputs, make_reference_module, make_step, \
     reference_result, workload_unavailable_reason
@@ -21,9 +21,9 @@ DEFAULT_REPEATS = 7
 DEFAULT_SLOW_MAX_SEQ_LEN = 1024
 
 FIELDS = (
-    "workload", "backend", "mode", "seq_len", "batch", "input", "hidden", "layers", "dtype", "device",
-    "device_name", "status", "note", "plan", "ms", "ms_min", "ms_max", "ms_per_step", "tokens_per_s",
-    "speedup_vs_torch", "peak_mem_bytes", "max_abs_err", "repeats", "inner", "threads",
+    "workload", "backend", "mode", "seq_len", "batch", "input", "hidden", "layers", "bidirectional", "packed",
+    "dtype", "device", "device_name", "status", "note", "plan", "cudnn_algo", "ms", "ms_min", "ms_max", "ms_per_step",
+    "tokens_per_s", "speedup_vs_torch", "peak_mem_bytes", "max_abs_err", "repeats", "inner", "threads",
     "load_avg_1m", "load_avg_1m_max", "torch_version", "triton_version", "git_commit", "timestamp",
 )
 
@@ -31,11 +31,13 @@ FIELDS = (
 Progress = Callable[[str, float, int], None]
 
 
-def _blank_row(workload, backend, mode, seq_len, batch, input_size, hidden_size, layers, dtype, env) -> dict:
+def _blank_row(workload, backend, mode, seq_len, batch, input_size, hidden_size, layers, dtype, env,
+               bidirectional=False, packed=False) -> dict:
     row = {f: None for f in FIELDS}
     row.update(env)
     row.update(workload=workload, backend=backend, mode=mode, seq_len=seq_len, batch=batch, input=input_size,
-               hidden=hidden_size, layers=layers, dtype=str(dtype).replace("torch.", ""), note="")
+               hidden=hidden_size, layers=layers, bidirectional=bidirectional, packed=packed,
+               dtype=str(dtype).replace("torch.", ""), note="")
     return row
 
 
@@ -78,6 +80,8 @@ def run_profile(
     workload: str = "layer",
     on_rows: Optional[Callable[[List[dict]], None]] = None,
     load: Optional[LoadMonitor] = None,
+    bidirectional: bool = False,
+    packed: bool = False,
 ) -> List[dict]:
     """Time every backend at every (mode, seq_len); one row (a dict with FIELDS) each.
 
@@ -93,7 +97,11 @@ def run_profile(
     them at once), and `progress(what, work, rows)` hears of the work done (see
     `count_work`) as it goes. `load` (a started LoadMonitor) gives each row the
     load average at its start and the highest during it; without one, this
-    call runs its own.
+    call runs its own. `bidirectional` and `packed` (layer workload) make the
+    nn.LSTM bidirectional and its input a PackedSequence (see `workloads`).
+    On CUDA each layer row records in `cudnn_algo` the algorithm cuDNN runs for
+    nn.LSTM at its shape (`models.cudnn_algo`), and Triton's rows their launch
+    plans in `plan`.
 
     Example:
         >>> rows = run_profile(batch=2, input_size=3, hidden_size=5, seq_lens=[4],
@@ -109,7 +117,7 @@ def run_profile(
     names = backends_for(workload, list(dict.fromkeys(names))) + [n for n in extra if n not in names]
     tell = progress or (lambda what, work, rows: None)
     env = environment(dev)
-    ref = make_reference_module(workload, input_size, hidden_size, layers, dtype, dev, seed)
+    ref = make_reference_module(workload, input_size, hidden_size, layers, dtype, dev, seed, bidirectional)
     rows: List[dict] = []
     with contextlib.ExitStack() as stack:
         if load is None:
@@ -118,11 +126,12 @@ def run_profile(
         if memory and dev.type == "cpu":
             probe = stack.enter_context(CpuMemoryProbe(dict(
                 workload=workload, batch=batch, input=input_size, hidden=hidden_size, layers=layers,
-                dtype=str(dtype).replace("torch.", ""), seed=seed, threads=torch.get_num_threads())))
+                dtype=str(dtype).replace("torch.", ""), seed=seed, threads=torch.get_num_threads(),
+                bidirectional=bidirectional, packed=packed)))
         for mode in modes:
             for T in seq_lens:
                 group = _measure_group(workload, names, extra, ref, mode, T, batch, dtype, dev, env, repeats,
-                                       slow_max_seq_len, memory, probe, seed, load, tell)
+                                       slow_max_seq_len, memory, probe, seed, load, tell, packed)
                 rows += group
                 if on_rows is not None:
                     on_rows(group)
@@ -131,23 +140,27 @@ def run_profile(
 
 
 def _measure_group(workload, names, extra, ref, mode, T, batch, dtype, dev, env, repeats, slow_max_seq_len,
-                   memory, probe, seed, load, tell) -> List[dict]:
+                   memory, probe, seed, load, tell, packed=False) -> List[dict]:
     """The rows of one (mode, T): every backend checked, then timed interleaved."""
     what = f"{workload} {mode} T={T} B={batch}"
     w = work_weight(T, batch)
     load_start = load.new_window()
     layers = getattr(ref, "num_layers", 1)
+    bidirectional = bool(getattr(ref, "bidirectional", False))
     torch_name = "nn.LSTMCell" if workload == "cell" else "nn.LSTM"
+    algo = cudnn_algo_for(ref, batch, T, mode, packed) if workload == "layer" else None
 
     def new_row(name):
-        row = _blank_row(workload, name, mode, T, batch, ref.input_size, ref.hidden_size, layers, dtype, env)
+        row = _blank_row(workload, name, mode, T, batch, ref.input_size, ref.hidden_size, layers, dtype, env,
+                         bidirectional, packed)
         row["load_avg_1m"] = load_start
+        row["cudnn_algo"] = algo
         return row
 
     per_backend = (repeats + 1 + (1 if probe is not None else 0)) * w
     ref_error = None
     try:
-        x, grad_out = make_inputs(T, batch, ref, mode, seed)
+        x, grad_out = make_inputs(T, batch, ref, mode, seed, packed)
         want = reference_result(ref, x, mode, grad_out)
     except Exception as e:  # out of memory at a large shape: report it, go on with the others
         ref_error = f"float64 {torch_name} reference: {type(e).__name__}: {e}"
@@ -167,7 +180,7 @@ def _measure_group(workload, names, extra, ref, mode, T, batch, dtype, dev, env,
     by_name: Dict[str, dict] = {}
     for name in names:
         row = by_name[name] = new_row(name)
-        reason = workload_unavailable_reason(workload, name, ref, dev) if name not in extra else None
+        reason = workload_unavailable_reason(workload, name, ref, dev, packed) if name not in extra else None
         if reason is None and name in SLOW_BACKENDS and slow_max_seq_len and T > slow_max_seq_len:
             reason = f"T > {slow_max_seq_len}: too slow (raise --slow-max-seq-len)"
         if reason is not None:
@@ -178,7 +191,7 @@ def _measure_group(workload, names, extra, ref, mode, T, batch, dtype, dev, env,
             model = extra[name](ref) if name in extra else build_workload_model(workload, name, ref)
             step = make_step(model, x, mode, grad_out)
             # The checked call is also the first warm-up (compilation, caches).
-            ok, err, msg = compare(step(), want, dtype)
+            ok, err, msg = compare(step(), want, dtype, dev, None if name in extra else name, workload)
             row["max_abs_err"] = err
             if not ok:
                 row.update(status="failed", note=f"wrong answer vs {torch_name}: {msg}")

@@ -9,22 +9,37 @@ _MIN_SAMPLE_S = 0.02
 _MAX_INNER = 50
 
 
-def warm_up(step: Callable, max_calls: int = 3, budget_s: float = 0.5) -> float:
-    """Run `step` up to `max_calls` times, stopping once `budget_s` is spent, and
-    return the last call's seconds. TorchScript's profiling executor specialises
-    and optimises over its first runs at a new shape, so one call is not enough.
+def warm_up(step: Callable, max_calls: int = 3, budget_s: float = 0.5, settle: float = 1.5,
+            limit_calls: int = 20, limit_s: float = 30.0) -> float:
+    """Run `step` until its time per call has settled; return the last call's seconds.
+
+    A first call (or a first few) can include compiling: TorchScript's profiling
+    executor specialises and optimises over its first runs at a new shape (and
+    again for the backward), Triton and FlashRNN compile their kernels. So one
+    call is not enough, and a slow call is not a sign of being warm: warming
+    stops only once two calls in a row agree within a factor `settle`, and
+    `max_calls` calls are done or `budget_s` seconds spent. A step whose time
+    never settles (a noisy machine) stops after `limit_calls` calls or `limit_s`
+    seconds; its samples' spread then shows it.
 
     Example:
         >>> seconds = warm_up(lambda: None)
     """
-    spent, last = 0.0, 0.0
-    for _ in range(max_calls):
+    spent, last, previous = 0.0, 0.0, None
+    for n in range(1, limit_calls + 1):
         t0 = time.perf_counter()
         step()
         last = time.perf_counter() - t0
         spent += last
-        if spent > budget_s:
+        # Within a factor `settle`, or within a millisecond (no compile is that
+        # short, and the timer's noise is not negligible for calls of microseconds).
+        settled = previous is not None and (max(last, previous) <= settle * min(last, previous)
+                                             or abs(last - previous) < 1e-3)
+        if settled and (n >= max_calls or spent > budget_s):
             break
+        if spent > limit_s:
+            break
+        previous = last
     return last
 
 
