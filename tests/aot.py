@@ -91,8 +91,9 @@ class _Recorder:
         return record
 
 
-def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu, steps=2):
-    """[(kernel, plan, grid, kwargs)] for one layer call on `gpu`, as the backend builds them."""
+def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu, steps=2, step="chunked"):
+    """[(kernel, plan, grid, kwargs)] for one layer call on `gpu`, as the backend builds them
+    (`step`: the plan's step body, "chunked" or "wave")."""
     fwd_rec, bwd_rec = _Recorder(tb._k.lstm_fwd_kernel), _Recorder(tb._k.lstm_bwd_kernel)
     real = tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel
     tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel = fwd_rec, bwd_rec
@@ -100,7 +101,7 @@ def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, g
         dt = getattr(torch, dtype)
         T, B, H, R = steps, batch, hidden, proj or hidden
         fwd_plan, bwd_plan = (tb.launch_plan(B, H, proj, dt, gpu["sm_count"], gpu["smem_per_block"], training,
-                                             kernel=k, exact_fp32=precision == "ieee")
+                                             kernel=k, exact_fp32=precision == "ieee", step=step)
                               for k in ("forward", "backward"))
         z = lambda *shape: torch.zeros(*shape, dtype=dt)  # noqa: E731
         lens = torch.full((B,), T, dtype=torch.int32) if packed else None
@@ -175,6 +176,120 @@ def spills_inside_steps(cubin: bytes) -> int:
             loops.append((int(m.group(1), 16), addr))
     return sum(1 for addr, op in code if re.search(r"\b(?:LDL|STL)\b", op)
                and sum(start <= addr <= end for start, end in loops) >= 2)
+
+
+def _sass(cubin: bytes) -> str:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    cuobjdump = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
+
+
+def sass_instructions(sass: str):
+    """[(address, instruction text, wait mask, write scoreboard)] from cuobjdump's
+    SASS of a Volta-or-newer GPU. Each 128-bit instruction is printed as two
+    64-bit words; the high word's top 23 bits are its control bits (the
+    layout documented by the maxas/CuAssembler projects): stall (4 bits),
+    yield (1), the scoreboard it sets when its result lands (3; 7 = none),
+    the one it sets when its operands are read (3), and the mask of
+    scoreboards it waits for before issuing (6)."""
+    lines = sass.splitlines()
+    code = []
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+([^;]*);\s*/\* 0x[0-9a-f]{16} \*/", line)
+        if not m:
+            continue
+        hi = re.search(r"/\* 0x([0-9a-f]{16}) \*/", lines[i + 1])
+        ctrl = int(hi.group(1), 16) >> 41
+        code.append((int(m.group(1), 16), m.group(2).strip(), (ctrl >> 11) & 0x3F, (ctrl >> 5) & 7))
+    return code
+
+
+_LDG = re.compile(r"\bLDG\.")
+_POLL_FENCE = re.compile(r"\bCCTL\.IVALL\b")
+
+
+def step_critical_path(cubin: bytes) -> dict:
+    """What the SASS of a persistent kernel waits for in one step of its time loop.
+
+    The time loop is the backward branch that spans the most code. Its body is
+    walked in order, as straight-line code (an inner loop's body once: one
+    batch tile, one poll of the barrier), twice over, counting the second
+    pass, so that loads issued in one step (a prefetch) and waited for in the
+    next are seen as such. Global loads are `LDG`s; an `LDG` followed by
+    `CCTL.IVALL` is the barrier's acquire poll. A wait is an instruction
+    whose wait mask names a scoreboard that pending loads set (or a `DEPBAR`
+    on it). A wait is a new memory round trip when some load it waits for was
+    issued after the previous round trip (or the barrier) was waited out;
+    loads issued before that were in flight during it.
+
+    Returns: round_trips (per step, after the barrier; the barrier's own
+    poll not counted), first_wave (global loads issued after the barrier
+    before the first wait for any of them), loads (global loads per step,
+    the poll not counted), cta_barriers (BAR.SYNC per step), hmma_chain (the
+    longest chain of dependent tensor-core instructions)."""
+    code = sass_instructions(_sass(cubin))
+    loops = []
+    for i, (addr, op, _, _) in enumerate(code):
+        m = re.search(r"\bBRA\b[^0-9]*?(0x[0-9a-f]+)", op)
+        if m and int(m.group(1), 16) < addr:
+            loops.append((int(m.group(1), 16), addr))
+    if not loops:
+        return None
+    start, end = max(loops, key=lambda lp: lp[1] - lp[0])
+    body = [ins for ins in code if start <= ins[0] <= end]
+    polls = {i for i, (_, op, _, _) in enumerate(body)
+             if _LDG.search(op) and i + 1 < len(body) and _POLL_FENCE.search(body[i + 1][1])}
+    pending = {sb: [] for sb in range(6)}  # scoreboard -> [(issue position, is a poll)]
+    result = {}
+    trips, last_wait, issued_ahead, first_wave, at = 0, -1, 0, None, []
+    for rnd in range(2):
+        loads, bars = 0, 0
+        for i, (addr, op, wait, wr) in enumerate(body):
+            pos = rnd * len(body) + i
+            done = []
+            for sb in range(6):
+                if wait >> sb & 1:
+                    done += pending[sb]
+                    pending[sb] = []
+            m = re.match(r"(?:@!?U?P\w+\s+)?DEPBAR\.LE\s+SB(\d),\s*(0x[0-9a-f]+|\d+)", op)
+            if m:
+                sb, keep = int(m.group(1)), int(m.group(2), 0)
+                cut = max(0, len(pending[sb]) - keep)
+                done += pending[sb][:cut]
+                pending[sb] = pending[sb][cut:]
+            if any(is_poll for _, is_poll in done):
+                # the barrier: one step ends and the next one's loads start here
+                if rnd and not result:
+                    result = dict(round_trips=trips, first_wave=first_wave or 0, waits_at=at)
+                last_wait, issued_ahead, first_wave, trips, at = pos, 0, None, 0, []
+            elif any(issued > last_wait for issued, _ in done):
+                trips += 1
+                last_wait = pos
+                at.append(hex(addr))
+                if first_wave is None:
+                    first_wave = issued_ahead
+            if _LDG.search(op) and wr < 6:
+                pending[wr].append((pos, i in polls))
+                if i not in polls:
+                    loads += 1
+                    issued_ahead += 1
+            bars += bool(re.search(r"\bBAR\.SYNC\b", op))
+    if not result:  # no barrier in the loop
+        result = dict(round_trips=trips, first_wave=first_wave or 0, waits_at=at)
+    result.update(loads=loads, cta_barriers=bars)
+    chain, longest = {}, 0
+    for _, op, _, _ in body:
+        m = re.search(r"\bHMMA\.\w+(?:\.\w+)*\s+(R\d+),\s*R\d+,\s*R\d+,\s*(R\w+)", op)
+        if m:
+            chain[m.group(1)] = 1 if m.group(2) == "RZ" else chain.get(m.group(2), 0) + 1
+            longest = max(longest, chain[m.group(1)])
+    result["hmma_chain"] = longest
+    return result
 
 
 _TENSOR_CORE = re.compile(r"\b(?:mma\.sync\.aligned|wgmma\.mma_async\.sync\.aligned)\.[\w.]*?\.(bf16|f16|tf32)\b")
