@@ -57,6 +57,20 @@ ONE_STEP = ((16, 1024, 0, False), (16, 1024, 256, True))
 # float16 compiles to bfloat16's code but for the tensor-core instruction's
 # element type; it is checked at these sizes only, to keep the run short.
 FLOAT16_HIDDENS = (256, 1024)
+# The wave step (`LaunchPlan.step == "wave"`, not the default): a
+# representative subset of training layers (their forward and backward), in
+# float16 at one-tile and many-tile batches and the sizes cuDNN's persistent
+# kernel covers, bfloat16 and TF32 at the largest of them; plus the
+# inference forward of cuDNN's case. sm_80, where shared memory is tightest,
+# compiles the extremes only. (batch, hidden, dtype, precision, training)
+WAVE = {
+    "sm_90": [(b, h, "float16", None, True) for b in (16, 128) for h in (256, 768, 1024)]
+    + [(b, h, d, p, True) for d, p in (("bfloat16", None), ("float32", "tf32"))
+       for b, h in ((16, 768), (16, 1024), (128, 1024))]
+    + [(16, 768, "float16", None, False)],
+    "sm_80": [(16, 768, "float16", None, True), (128, 1024, "float16", None, True),
+              (16, 768, "float32", "tf32", True), (128, 768, "float32", "tf32", True)],
+}
 
 
 class _Target:
@@ -122,17 +136,21 @@ def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, g
     return result
 
 
-def _configs(gpu):
-    """(batch, hidden, proj, packed, dtype, precision, training, steps) to compile."""
+def _configs(arch):
+    """(batch, hidden, proj, packed, dtype, precision, training, steps, step) to compile."""
     for dtype, precision in DTYPES:
         for training in (False, True):
             for batch in BATCHES:
                 for hidden in FLOAT16_HIDDENS if dtype == "float16" else HIDDENS:
-                    yield batch, hidden, 0, False, dtype, precision, training, 2
+                    yield batch, hidden, 0, False, dtype, precision, training, 2, "chunked"
             for batch, hidden, proj, packed in (() if dtype == "float16" else EXTRA) + (STREAMED,):
-                yield batch, hidden, proj, packed, dtype, precision, training, 2
+                yield batch, hidden, proj, packed, dtype, precision, training, 2, "chunked"
             for batch, hidden, proj, packed in ONE_STEP:
-                yield batch, hidden, proj, packed, dtype, precision, training, 1
+                yield batch, hidden, proj, packed, dtype, precision, training, 1, "chunked"
+    # Today's step at cuDNN's case, for the critical-path comparison.
+    yield 16, 768, 0, False, "float16", None, True, 2, "chunked"
+    for batch, hidden, dtype, precision, training in WAVE[arch]:
+        yield batch, hidden, 0, False, dtype, precision, training, 2, "wave"
 
 
 _OPTIONS = ("num_warps", "num_stages", "maxnreg", "launch_cooperative_grid")
@@ -221,7 +239,7 @@ def step_critical_path(cubin: bytes) -> dict:
     batch tile, one poll of the barrier), twice over, counting the second
     pass, so that loads issued in one step (a prefetch) and waited for in the
     next are seen as such. Global loads are `LDG`s; an `LDG` followed by
-    `CCTL.IVALL` is the barrier's acquire poll. A wait is an instruction
+    `CCTL.IVALL` (before any other `LDG`) is the barrier's acquire poll. A wait is an instruction
     whose wait mask names a scoreboard that pending loads set (or a `DEPBAR`
     on it). A wait is a new memory round trip when some load it waits for was
     issued after the previous round trip (or the barrier) was waited out;
@@ -242,8 +260,12 @@ def step_critical_path(cubin: bytes) -> dict:
         return None
     start, end = max(loops, key=lambda lp: lp[1] - lp[0])
     body = [ins for ins in code if start <= ins[0] <= end]
-    polls = {i for i, (_, op, _, _) in enumerate(body)
-             if _LDG.search(op) and i + 1 < len(body) and _POLL_FENCE.search(body[i + 1][1])}
+    polls = set()
+    for i, (_, op, _, _) in enumerate(body):
+        # the poll: the next global load or L1 invalidation within a few instructions is CCTL.IVALL
+        after = [o for _, o, _, _ in body[i + 1:i + 9] if _LDG.search(o) or _POLL_FENCE.search(o)]
+        if _LDG.search(op) and after and _POLL_FENCE.search(after[0]):
+            polls.add(i)
     pending = {sb: [] for sb in range(6)}  # scoreboard -> [(issue position, is a poll)]
     result = {}
     trips, last_wait, issued_ahead, first_wave, at = 0, -1, 0, None, []
@@ -346,12 +368,15 @@ def _compile(kernel, plan, grid, kwargs, arch, gpu, config):
     seconds = time.perf_counter() - start
     ptx = compiled.asm["ptx"]
     regs, spills = _resource_usage(compiled.asm["cubin"])
-    batch, hidden, proj, packed, dtype, precision, training, steps = config
+    batch, hidden, proj, packed, dtype, precision, training, steps, step = config
+    path = None
+    if kwargs["PERSISTENT"] and plan.w_resident and (plan.step == "wave" or (dtype == "float16" and hidden == 768)):
+        path = step_critical_path(compiled.asm["cubin"])
     constexprs = {p.name for p in kernel.params if p.is_constexpr}
     return {
         "arch": arch, "gpu": gpu, "kernel": kernel.fn.__name__, "batch": batch, "hidden": hidden,
         "proj": proj, "packed": packed, "dtype": dtype, "precision": precision, "training": training,
-        "steps": steps,
+        "steps": steps, "step": plan.step, "critical_path": path,
         "plan": str(plan), "grid": grid[0], "persistent": bool(kwargs["PERSISTENT"]), "resident": plan.w_resident,
         "num_warps": kwargs["num_warps"], "maxnreg": kwargs.get("maxnreg"),
         "flags": {k: str(v) for k, v in kwargs.items() if k in constexprs or k in _OPTIONS},
@@ -367,8 +392,8 @@ def compile_all(arch: str):
     gpu = GPUS[arch]
     driver.set_active(_Target(gpu["cc"]))
     seen = set()
-    for config in _configs(gpu):
-        for kernel, plan, grid, kwargs in _launch_arguments(*config[:7], gpu, steps=config[7]):
+    for config in _configs(arch):
+        for kernel, plan, grid, kwargs in _launch_arguments(*config[:7], gpu, steps=config[7], step=config[8]):
             kwargs = dict(kwargs, UPCAST_DOT=False)
             constexprs = {p.name for p in kernel.params if p.is_constexpr}
             flags = {k: v for k, v in kwargs.items() if k in constexprs or k in _OPTIONS}
@@ -379,7 +404,7 @@ def compile_all(arch: str):
                 seen.add(key)
                 yield _compile(kernel, plan, grid, kwargs, arch, gpu, config)
     c = SPILL_CONTROL
-    config = (c["batch"], c["hidden"], 0, False, c["dtype"], c["precision"], False, 2)
+    config = (c["batch"], c["hidden"], 0, False, c["dtype"], c["precision"], False, 2, "chunked")
     kernel, plan, grid, kwargs = _launch_arguments(*config[:7], gpu)[0]
     row = _compile(kernel, plan, grid, dict(kwargs, UPCAST_DOT=False, BLOCK_B=c["BLOCK_B"], maxnreg=c["maxnreg"]),
                    arch, gpu, config)

@@ -158,9 +158,14 @@ def test_wave_plan_examples():
     assert f.wave_k >= 6 and b.wave_k >= 24, (f, b)
     assert f.maxnreg == b.maxnreg == tb._MAXNREG_WAVE
     assert "wave step (24 chunks in flight)" in str(b)
-    # Wider tiles and 4-byte elements: a sliding window of chunks in flight.
+    # The wave backward runs 16-row tiles (a 32-row tile's pointwise inputs
+    # load one after another); the forward keeps 32.
+    p = tb.launch_plan(128, 768, 0, torch.float16, **H100, training=True, kernel="backward", step="wave")
+    assert p.block_b == 16 and p.wave_k >= 24, p
+    assert tb.launch_plan(128, 1024, 0, torch.float16, **H100, training=True, step="wave").block_b == 32
+    # 4-byte elements: a sliding window of chunks in flight.
     p = tb.launch_plan(128, 1024, 0, torch.float32, **H100, training=True, kernel="backward", step="wave")
-    assert p.block_b == 32 and 1 <= p.wave_k < 4096 // 128, p
+    assert 1 <= p.wave_k < 4096 // 128, p
     # The wave bytes fit beside the weights in shared memory.
     a100 = dict(sm_count=108, smem_per_block=163 * 1024)
     p = tb.launch_plan(32, 1024, 0, torch.float16, **a100, training=True, kernel="backward", step="wave")

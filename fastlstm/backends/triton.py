@@ -246,6 +246,13 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
     persistent = programs <= sm_count and (cooperative or programs == 1)
     step = step if resident else "chunked"
     wave_bytes = min(_WAVE_BYTES, smem_per_block - smem - _SMEM_SLACK)
+    if step == "wave" and (kernel == "backward" or block_b * padded(R) * elt > wave_bytes):
+        # 16-row tiles where a 32-row tile's read would not be one wave. And
+        # always in the backward: there the pointwise inputs (saved gates, c,
+        # dc) of a 32-row tile go through layout conversions that serialise
+        # their loads (seven round trips, in the SASS), while a 16-row tile
+        # loads them in the same wave as dg[t+1].
+        block_b = 16
     wave_k = max(1, wave_bytes // (block_b * block_k * elt)) if step == "wave" else 0
     maxnreg = _MAXNREG_WAVE if step == "wave" else _MAXNREG_RESIDENT if resident else _MAXNREG_STREAMED
     return LaunchPlan(
