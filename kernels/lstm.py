@@ -44,6 +44,52 @@ gates and the pointwise maths are float32 whatever the storage dtype; h, hc,
 dh and dg are stored in the storage dtype, since they only feed
 storage-dtype dots and the host GEMMs.
 
+Two step bodies, chosen by the host plan (`LaunchPlan.step`; STEP_WAVE):
+
+    chunked  (today's; the default) each BLOCK_K chunk of h[t-1] (dg[t+1] in
+             the backward) is loaded and multiplied in turn; xg[t] and c[t]
+             are loaded after the product.
+    wave     the whole read of h[t-1] for a batch tile is issued before the
+             first product (WAVE_K chunks in flight, at least all of them
+             where the plan can: `_matmul_wave`), into four accumulators; the
+             tile's own inputs (xg, c; the backward's saved gates, c, dc and
+             dout), which no other program writes, are loaded first, or
+             with one batch tile (ONE_TILE) before the barrier wait: xg[t+1]
+             between `_barrier_arrive` and `_barrier_wait`, c kept in
+             registers. Resident weights only.
+
+Per-step budget at fp16, B=16, H=768 (96 programs x 8 units, W resident,
+48 KiB a program), from the sm_90 SASS (tests/aot.py, `step_critical_path`)
+and the H200 measurements of ../shared/GPU_DESIGN.md; a dependent L2 round
+trip is taken as 0.4-0.5 us (what makes today's counts add up to the
+measured 4.3 us), the barrier as its measured 0.95 us:
+
+    forward                 chunked (measured 4.3 us)   wave (predicted)
+    grid barrier            ~0.95 us                    ~0.95 us (xg[t+1] loads issued inside it)
+    memory round trips      7 in a row: 6 chunks of     1: six 16-byte loads a thread, all
+      after the barrier       h, then xg and c            issued before the first wait
+    CTA barriers a step     24                          14
+    longest HMMA chain      48 (one accumulator)        16 (four)
+    total                   ~4.3 us                     ~1.7-2.0 us
+
+    backward                chunked (measured ~9.8 us)  wave (predicted)
+    grid barrier            ~0.95 us                    ~0.95 us
+    memory round trips      26: 24 chunks of dg[t+1],   1: 40 loads a thread (dg[t+1] and
+                              then gates, c               the tile's own inputs)
+    CTA barriers a step     68                          20
+    longest HMMA chain      192                         48
+    total                   ~9.8 us                     ~3-4 us
+
+The wave moves as many bytes: every program reads all of h[t-1] (24 KiB, 2.4
+MB a step over the grid) or of dg[t+1] (96 KiB, 9.4 MB a step), so at
+several TB/s of L2 bandwidth the backward's one trip costs more like 1.5 us
+than 0.5; reading less (fewer, wider programs) is the next lever there.
+The 48-long HMMA chain of a (16 x 8) output tile is the other: one warp's
+worth of work, about 0.5-0.8 us at a tensor-core latency of 20-30 cycles.
+Where the wave is bounded (WAVE_K < chunks: the backward at H = 1024 in 16
+bits, TF32 backwards; the A100's smaller shared memory) the read slides
+through WAVE_K chunks at a time; tests/test_triton_aot.py lists the counts.
+
 UPCAST_DOT casts the dot operands to float32 first. The host sets it only
 under the interpreter for bfloat16, whose `tl.dot` there multiplies the raw
 uint16 bit patterns (triton 3.9). It changes nothing numerically: products of
