@@ -178,3 +178,26 @@ def test_wave_plan_examples():
 def test_plan_refuses_an_unknown_step():
     with pytest.raises(ValueError, match="step must be 'chunked' or 'wave', got 'fast'"):
         tb.launch_plan(4, 8, 0, torch.float32, **H100, training=False, step="fast")
+
+
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_wave_barrier_timeout_is_an_error_naming_the_shape(monkeypatch, which):
+    """The split barrier keeps the bounded spin and the error flag: a
+    two-program persistent grid under the interpreter (programs run one after
+    another) waits in vain, gives up, and the host raises."""
+    if not INTERPRETED:
+        pytest.skip("on a GPU the persistent grid is co-resident; the interpreter is not")
+    monkeypatch.setattr(tb, "_MAX_SPIN", 20)
+    monkeypatch.setattr(tb, "_MIN_UNITS", 4)
+    real = tb.plans_for
+
+    def plans_for(x, hidden, proj, training):
+        args = (x.shape[1], hidden, proj, x.dtype, 10_000, 227 * 1024, training)
+        bad = [tb.launch_plan(*args, kernel=k, cooperative=True, step="wave") for k in ("forward", "backward")]
+        assert all(p.persistent and p.grid[0] > 1 and p.step == "wave" for p in bad)
+        good = real(x, hidden, proj, training)
+        return (bad[0], bad[1]) if which == "forward" else (good[0], bad[1])
+
+    monkeypatch.setattr(tb, "plans_for", plans_for)
+    with pytest.raises(RuntimeError, match=rf"barrier .*timed out \({which}, T=3, B=2, I=3, H=7, R=7, float32"):
+        _train_once(Layer(T=3, B=2, I=3, H=7))
