@@ -201,3 +201,19 @@ def test_wave_barrier_timeout_is_an_error_naming_the_shape(monkeypatch, which):
     monkeypatch.setattr(tb, "plans_for", plans_for)
     with pytest.raises(RuntimeError, match=rf"barrier .*timed out \({which}, T=3, B=2, I=3, H=7, R=7, float32"):
         _train_once(Layer(T=3, B=2, I=3, H=7))
+
+
+def test_units_per_program_can_be_asked_for(monkeypatch):
+    """Fewer, wider programs (each reads all of h[t-1] or dg[t+1]: less L2
+    traffic a step), for a GPU run to tune: by argument or environment."""
+    p = tb.launch_plan(16, 768, 0, torch.float16, **H100, training=True, kernel="backward", step="wave", units=12)
+    assert (p.grid, p.block_h, p.smem_bytes) == ((48,), 16, 16 * 4 * 768 * 2), p
+    assert tb.launch_plan(16, 768, 0, torch.float16, **H100, training=True, units=0).block_h == 8
+    with pytest.raises(ValueError, match="units must be >= 0"):
+        tb.launch_plan(16, 768, 0, torch.float16, **H100, training=True, units=-1)
+    x = torch.empty(3, 2, 4)
+    monkeypatch.setenv(tb._UNITS_ENV, "64")  # the interpreter's plan alone gives 32 at H = 20
+    assert all(p.block_h == 64 for p in tb.plans_for(x, 20, 0, True))
+    monkeypatch.setenv(tb._UNITS_ENV, "wide")
+    with pytest.raises(ValueError, match="FASTLSTM_TRITON_UNITS must be a whole number"):
+        tb.plans_for(x, 40, 0, True)

@@ -102,6 +102,11 @@ _STREAMED_CHUNK = 4096
 # until a GPU measurement says otherwise.
 _STEPS = ("chunked", "wave")
 _STEP_ENV = "FASTLSTM_TRITON_STEP"
+# Likewise the fewest hidden units a program owns (a power of two; unset: the
+# plan's own choice, the fewest that need no more programs than SMs). More
+# units a program means fewer programs, each reading all of h[t-1] (dg[t+1]):
+# less L2 traffic a step, more math a program. For a GPU run to tune.
+_UNITS_ENV = "FASTLSTM_TRITON_UNITS"
 # The wave step keeps the loaded chunks of h[t-1] (dg[t+1] in the backward) of
 # one batch tile in registers until their products: at most this many bytes
 # of them are in flight at once (96 registers a thread at 8 warps). fp16,
@@ -169,7 +174,7 @@ class LaunchPlan:
 
 def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count: int, smem_per_block: int,
                 training: bool, kernel: str = "forward", cooperative: bool = True,
-                exact_fp32: bool = False, step: str = "chunked") -> LaunchPlan:
+                exact_fp32: bool = False, step: str = "chunked", units: int = 0) -> LaunchPlan:
     """The launch plan of one layer's forward or backward kernel (pure: no device access).
 
     Args:
@@ -188,6 +193,8 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
         step: "chunked" (today's step body) or "wave" (see `LaunchPlan`). The
             wave step needs the weights on chip: where they are streamed the
             plan keeps "chunked".
+        units: the fewest hidden units a program owns, rounded up to a power
+            of two (0: the plan's choice below).
 
     The grid has one program per `block_h` hidden units, with `block_h` the
     smallest power of two (at least 8) that needs no more programs than SMs,
@@ -210,6 +217,8 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
         raise ValueError(f"launch_plan: dtype must be float32, float16 or bfloat16, got {dtype}")
     if step not in _STEPS:
         raise ValueError(f"launch_plan: step must be 'chunked' or 'wave', got {step!r}")
+    if units < 0:
+        raise ValueError(f"launch_plan: units must be >= 0 (0: the plan's choice), got {units}")
     if min(batch, hidden, sm_count) < 1 or proj < 0:
         raise ValueError(f"launch_plan: need batch, hidden, sm_count >= 1 and proj >= 0, got "
                          f"batch={batch}, hidden={hidden}, proj={proj}, sm_count={sm_count}")
@@ -217,7 +226,7 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
     elt = torch.empty(0, dtype=dtype).element_size()
     exact = exact_fp32 and dtype == torch.float32
     block_b = min(32, max(16, _next_pow2(batch)))
-    block_h = max(_MIN_UNITS, _next_pow2(_cdiv(H, sm_count)))
+    block_h = max(_MIN_UNITS, _next_pow2(_cdiv(H, sm_count)), _next_pow2(units) if units else 0)
     programs = _cdiv(H, block_h)
     block_r, proj_grid = block_h, 0
     if proj:
@@ -295,9 +304,9 @@ def plans_for(x: Tensor, hidden: int, proj: int, training: bool) -> Tuple[Launch
     sm_count, smem, cooperative = _device_limits(x.device)
     args = (x.shape[1], hidden, proj, x.dtype, sm_count, smem, training)
     exact = _dot_precision(x.dtype) == "ieee"
-    step = _step_choice()
-    fwd = _plan(*args, "forward", cooperative, exact, step)
-    return fwd, _plan(*args, "backward", cooperative, exact, step) if training else None
+    step, units = _step_choice(), _units_choice()
+    fwd = _plan(*args, "forward", cooperative, exact, step, units)
+    return fwd, _plan(*args, "backward", cooperative, exact, step, units) if training else None
 
 
 def _step_choice() -> str:
@@ -307,6 +316,14 @@ def _step_choice() -> str:
     if step not in _STEPS:
         raise ValueError(f"{_STEP_ENV} must be 'chunked' or 'wave', got {step!r}")
     return step
+
+
+def _units_choice() -> int:
+    """The fewest units a program owns asked for by FASTLSTM_TRITON_UNITS (0 unless set)."""
+    units = os.environ.get(_UNITS_ENV, "") or "0"
+    if not units.isdigit():
+        raise ValueError(f"{_UNITS_ENV} must be a whole number of hidden units, got {units!r}")
+    return int(units)
 
 
 @functools.lru_cache(maxsize=None)
