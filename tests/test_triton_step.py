@@ -40,14 +40,25 @@ def wave_mode(request, monkeypatch):
     return request.param
 
 
+def _use_wave_mode(monkeypatch, mode: str) -> None:
+    base, changes = WAVE_MODES[mode]
+    _use_mode(monkeypatch, base, **changes)
+
+
 # The conformance grid of tests/test_triton_backend.py, less its two
-# single-step cases (no barrier, nothing carried between steps) to keep the
-# interpreter's time down.
+# single-step cases (no barrier, nothing carried between steps); the
+# per-step mode, the slowest under the interpreter (a launch per step and
+# phase), runs every other layer of it, packed and projected ones included.
 WAVE_GRID = [layer for layer in GRID if layer.T > 1 or layer.packed]
+PER_STEP_GRID = WAVE_GRID[::2]
+assert any(layer.proj for layer in PER_STEP_GRID) and any(layer.packed for layer in PER_STEP_GRID)
 
 
-@pytest.mark.parametrize("layer", WAVE_GRID, ids=str)
-def test_float32_matches_reference(layer, wave_mode):
+@pytest.mark.parametrize("mode,layer", [(m, layer) for m in WAVE_MODES for layer in WAVE_GRID
+                                        if m != "wave-per-step" or layer in PER_STEP_GRID],
+                         ids=lambda v: str(v))
+def test_float32_matches_reference(mode, layer, monkeypatch):
+    _use_wave_mode(monkeypatch, mode)
     _check_layer(layer, torch.float32)
 
 
@@ -60,14 +71,21 @@ def test_half_matches_reference(layer, dtype, wave_mode):
     _check_layer(layer, dtype)
 
 
-@pytest.mark.parametrize("layer,dtype", [
+SEVERAL_TILES = [
     (Layer(T=3, B=37, I=3, H=35), torch.float32),
     (Layer(T=4, B=37, I=2, H=36, proj=33, packed=True), torch.float32),
     (Layer(T=3, B=67, I=2, H=35, packed=True), torch.bfloat16),
-], ids=lambda v: str(v) if isinstance(v, Layer) else str(v)[6:])
-def test_several_batch_tiles_and_k_chunks(layer, dtype, wave_mode):
+]
+
+
+@pytest.mark.parametrize("wave_mode,layer,dtype", [(m, *case) for m in WAVE_MODES for case in SEVERAL_TILES
+                                                   if m != "wave-per-step" or case is SEVERAL_TILES[0]],
+                         ids=lambda v: str(v) if isinstance(v, (Layer, str)) else str(v)[6:])
+def test_several_batch_tiles_and_k_chunks(wave_mode, layer, dtype, monkeypatch):
     """More than one batch tile a step (xg and c are then loaded per tile, not
-    carried across the barrier) and several K chunks a product."""
+    carried across the barrier) and several K chunks a product (the per-step
+    mode: its first layer only, for time)."""
+    _use_wave_mode(monkeypatch, wave_mode)
     fwd, bwd = tb.plans_for(torch.empty(layer.T, layer.B, layer.I, dtype=dtype), layer.H, layer.proj, True)
     assert fwd.step == bwd.step == "wave", fwd
     assert -(-layer.B // fwd.block_b) > 1, f"one batch tile only: {fwd}"
@@ -108,14 +126,14 @@ def test_wave_launch_count_does_not_grow_with_T(recorded, monkeypatch, proj):
     _use_mode(monkeypatch, "persistent")
     fwd, bwd = recorded
     counts = []
-    for T in (4, 64):
+    for T in (4, 16):
         fwd.launches.clear()
         bwd.launches.clear()
         _train_once(Layer(T=T, B=2, I=3, H=5, proj=proj, packed=True))
         launches = fwd.launches + bwd.launches
         assert all(launch["PERSISTENT"] and launch["STEP_WAVE"] and launch["ONE_TILE"] for launch in launches)
         counts.append((len(fwd.launches), len(bwd.launches)))
-    assert counts == [(1, 1), (1, 1)], f"(forward, backward) launches at T=4 and T=64: {counts}"
+    assert counts == [(1, 1), (1, 1)], f"(forward, backward) launches at T=4 and T=16: {counts}"
 
 
 def test_the_environment_chooses_the_step(recorded, monkeypatch):
