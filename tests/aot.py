@@ -13,8 +13,11 @@ recorder that launches nothing), compiles each distinct variant through
 Triton's own dispatch path (`warmup`, with a stand-in driver that names the
 target), and reports what the compiled code uses: registers and spills (the wheel's
 `cuobjdump`, and where in the loops the spill instructions sit), shared
-memory, tensor-core instructions, and whether the time loop loads the weights
-from global memory.
+memory, tensor-core instructions, whether the time loop loads the weights
+from global memory, and, for the wave step's variants and today's step at
+cuDNN's persistent case, the step's critical path read off the SASS
+(`step_critical_path`: memory round trips after the barrier, CTA barriers,
+the longest chain of dependent tensor-core instructions).
 """
 import json
 import os
@@ -173,30 +176,8 @@ def _resource_usage(cubin: bytes):
     return int(usage["REG"]), int(usage["STACK"]) + int(usage["LOCAL"])
 
 
-def spills_inside_steps(cubin: bytes) -> int:
-    """Spill loads and stores (LDL/STL; the kernels have no local arrays) that sit
-    inside a loop nested in another loop, in the SASS: inside the work of a
-    step (batch tiles, K chunks, the barrier's spin), as opposed to before the
-    time loop or once per step. Loops are read off the backward branches."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    cuobjdump = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        sass = subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
-    code = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    loops = []
-    for addr, op in code:
-        m = re.search(r"\bBRA\b[^0-9]*?(0x[0-9a-f]+)", op)
-        if m and int(m.group(1), 16) < addr:
-            loops.append((int(m.group(1), 16), addr))
-    return sum(1 for addr, op in code if re.search(r"\b(?:LDL|STL)\b", op)
-               and sum(start <= addr <= end for start, end in loops) >= 2)
-
-
 def _sass(cubin: bytes) -> str:
+    """The SASS of a cubin, from the wheel's cuobjdump."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     cuobjdump = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
@@ -205,6 +186,22 @@ def _sass(cubin: bytes) -> str:
         with open(path, "wb") as f:
             f.write(cubin)
         return subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
+
+
+def spills_inside_steps(cubin: bytes) -> int:
+    """Spill loads and stores (LDL/STL; the kernels have no local arrays) that sit
+    inside a loop nested in another loop, in the SASS: inside the work of a
+    step (batch tiles, K chunks, the barrier's spin), as opposed to before the
+    time loop or once per step. Loops are read off the backward branches."""
+    sass = _sass(cubin)
+    code = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for addr, op in code:
+        m = re.search(r"\bBRA\b[^0-9]*?(0x[0-9a-f]+)", op)
+        if m and int(m.group(1), 16) < addr:
+            loops.append((int(m.group(1), 16), addr))
+    return sum(1 for addr, op in code if re.search(r"\b(?:LDL|STL)\b", op)
+               and sum(start <= addr <= end for start, end in loops) >= 2)
 
 
 def sass_instructions(sass: str):
