@@ -19,8 +19,8 @@ file reuses:
 import pytest
 import torch
 
-from test_triton_backend import (  # noqa: F401  (_nan_buffers: an autouse fixture)
-    DEVICE, GRID, INTERPRETED, H100, Layer, _check_layer, _nan_buffers, _Recorder, _train_once, _use_mode,
+from test_triton_backend import (  # noqa: F401  (fixtures: _nan_buffers, autouse; recorded)
+    DEVICE, GRID, INTERPRETED, H100, Layer, _check_layer, _nan_buffers, _train_once, _use_mode, recorded,
 )
 
 triton = pytest.importorskip("triton")
@@ -108,16 +108,6 @@ def test_no_grad_forward_matches(packed, proj, wave_mode):
     want = lstm_layer_reference(*(v.double() if v is not None else None for v in inputs.values()), batch_sizes=bs)
     for name, a, b in zip(("out", "h_n", "c_n"), got, want):
         torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
-
-
-@pytest.fixture
-def recorded(monkeypatch):
-    if not INTERPRETED:
-        pytest.skip("launches are recorded under the interpreter")
-    fwd, bwd = _Recorder(tb._k.lstm_fwd_kernel), _Recorder(tb._k.lstm_bwd_kernel)
-    monkeypatch.setattr(tb._k, "lstm_fwd_kernel", fwd)
-    monkeypatch.setattr(tb._k, "lstm_bwd_kernel", bwd)
-    return fwd, bwd
 
 
 @pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
