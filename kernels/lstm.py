@@ -52,6 +52,52 @@ gates and the pointwise maths are float32 whatever the storage dtype; h, hc,
 dh and dg are stored in the storage dtype, since they only feed
 storage-dtype dots and the host GEMMs.
 
+Two step bodies, chosen by the host plan (`LaunchPlan.step`; STEP_WAVE):
+
+    chunked  (today's; the default) each BLOCK_K chunk of h[t-1] (dg[t+1] in
+             the backward) is loaded and multiplied in turn; xg[t] and c[t]
+             are loaded after the product.
+    wave     the whole read of h[t-1] for a batch tile is issued before the
+             first product (WAVE_K chunks in flight, at least all of them
+             where the plan can: `_matmul_wave`), into four accumulators; the
+             tile's own inputs (xg, c; the backward's saved gates, c, dc and
+             dout), which no other program writes, are loaded first, or
+             with one batch tile (ONE_TILE) before the barrier wait: xg[t+1]
+             between `_barrier_arrive` and `_barrier_wait`, c kept in
+             registers. Resident weights only.
+
+Per-step budget at fp16, B=16, H=768 (96 programs x 8 units, W resident,
+48 KiB a program), from the sm_90 SASS (tests/aot.py, `step_critical_path`)
+and the H200 measurements of ../shared/GPU_DESIGN.md; a dependent L2 round
+trip is taken as 0.4-0.5 us (what makes today's counts add up to the
+measured 4.3 us), the barrier as its measured 0.95 us:
+
+    forward                 chunked (measured 4.3 us)   wave (predicted)
+    grid barrier            ~0.95 us                    ~0.95 us (xg[t+1] loads issued inside it)
+    memory round trips      7 in a row: 6 chunks of     1: six 16-byte loads a thread, all
+      after the barrier       h, then xg and c            issued before the first wait
+    CTA barriers a step     24                          14
+    longest HMMA chain      48 (one accumulator)        16 (four)
+    total                   ~4.3 us                     ~1.7-2.0 us
+
+    backward                chunked (measured ~9.8 us)  wave (predicted)
+    grid barrier            ~0.95 us                    ~0.95 us
+    memory round trips      26: 24 chunks of dg[t+1],   1: 40 loads a thread (dg[t+1] and
+                              then gates, c               the tile's own inputs)
+    CTA barriers a step     68                          20
+    longest HMMA chain      192                         48
+    total                   ~9.8 us                     ~3-4 us
+
+The wave moves as many bytes: every program reads all of h[t-1] (24 KiB, 2.4
+MB a step over the grid) or of dg[t+1] (96 KiB, 9.4 MB a step), so at
+several TB/s of L2 bandwidth the backward's one trip costs more like 1.5 us
+than 0.5; reading less (fewer, wider programs) is the next lever there.
+The 48-long HMMA chain of a (16 x 8) output tile is the other: one warp's
+worth of work, about 0.5-0.8 us at a tensor-core latency of 20-30 cycles.
+Where the wave is bounded (WAVE_K < chunks: the backward at H = 1024 in 16
+bits, TF32 backwards; the A100's smaller shared memory) the read slides
+through WAVE_K chunks at a time; tests/test_triton_aot.py lists the counts.
+
 UPCAST_DOT casts the dot operands to float32 first. The host sets it only
 under the interpreter for bfloat16, whose `tl.dot` there multiplies the raw
 uint16 bit patterns (triton 3.9). It changes nothing numerically: products of
@@ -186,6 +232,34 @@ def _copy_rows(p_src, s_src_b, s_src_u, p_dst, s_dst_b, s_dst_u, i_u, m_u, B, BL
         tl.store(p_dst + i_b[:, None] * s_dst_b + i_u[None, :] * s_dst_u, b_v.to(p_dst.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _barrier_arrive(p_sync):
+    """The first half of `_grid_barrier`: count this program's arrival (a
+    release at GPU scope, after a CTA barrier, so every store the program made
+    before it is visible to whoever acquires the counter). Independent work
+    may follow before `_barrier_wait`: loads of what no other program writes."""
+    tl.debug_barrier()
+    tl.atomic_add(p_sync, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _barrier_wait(p_sync, target, max_spin, p_err):
+    """The second half of `_grid_barrier`: spin on an acquire read of the
+    counter until `target` arrivals have been counted, with the same counter
+    semantics, bounded spin, error flag and returned spin budget."""
+    seen = tl.atomic_add(p_sync, 0, sem="acquire", scope="gpu")
+    n = 0
+    while (seen < target) & (n < max_spin):
+        seen = tl.atomic_add(p_sync, 0, sem="acquire", scope="gpu")
+        n += 1
+    spin = max_spin
+    if seen < target:
+        tl.atomic_max(p_err, 1, sem="release", scope="gpu")
+        spin = max_spin * 0
+    tl.debug_barrier()
+    return spin
+
+
 @triton.jit(do_not_specialize=["steps", "max_spin"])
 def barrier_loop_kernel(
     p_sync,  # (1,) int32 barrier counter, zero at launch
@@ -264,6 +338,65 @@ def _matmul(p_a, s_a_b, s_a_k, i_b, m_b, K, b_ws, p_w, s_w_k, s_w_n, i_n, m_n,
 
 
 @triton.jit
+def _matmul_wave(p_a, s_a_b, s_a_k, i_b, m_b, K, b_ws, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, WAVE_K: tl.constexpr, EVEN_K: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """A[i_b, :K] @ W[:K, i_n] against resident W tiles b_ws, as `_matmul`, but
+    with the reads of A issued ahead of the products: the first WAVE_K chunks
+    before the first dot, then one more after each dot. With WAVE_K >= NUM_K
+    the whole (BLOCK_B, K) read of A is one wave of loads, so a step waits for
+    one memory round trip instead of one per chunk (the wave step).
+
+    The chunks' products go to four accumulators in turn, summed at the end:
+    each tensor-core instruction of a dot waits for the previous one on the
+    same accumulator, so one accumulator makes the product a chain of K / 16
+    dependent instructions (192 in the backward at H = 768), four make four
+    chains a quarter as long that run interleaved."""
+    b_acc0 = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    b_acc1 = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    b_acc2 = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    b_acc3 = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    b_as = ()
+    for kk in tl.static_range(NUM_K):
+        if kk < WAVE_K:
+            b_as = b_as + (_load_a(p_a, s_a_b, s_a_k, i_b, m_b, kk * BLOCK_K, K, BLOCK_K, EVEN_K, UPCAST_DOT),)
+    for kk in tl.static_range(NUM_K):
+        if kk % 4 == 0:
+            b_acc0 = tl.dot(b_as[kk], b_ws[kk], b_acc0, input_precision=DOT_PRECISION)
+        elif kk % 4 == 1:
+            b_acc1 = tl.dot(b_as[kk], b_ws[kk], b_acc1, input_precision=DOT_PRECISION)
+        elif kk % 4 == 2:
+            b_acc2 = tl.dot(b_as[kk], b_ws[kk], b_acc2, input_precision=DOT_PRECISION)
+        else:
+            b_acc3 = tl.dot(b_as[kk], b_ws[kk], b_acc3, input_precision=DOT_PRECISION)
+        if kk + WAVE_K < NUM_K:
+            b_as = b_as + (_load_a(p_a, s_a_b, s_a_k, i_b, m_b, (kk + WAVE_K) * BLOCK_K, K, BLOCK_K, EVEN_K,
+                                   UPCAST_DOT),)
+    if NUM_K > 1:
+        b_acc0 += b_acc1
+    if NUM_K > 2:
+        b_acc2 += b_acc3
+        b_acc0 += b_acc2
+    return b_acc0
+
+
+@triton.jit
+def _product(p_a, s_a_b, s_a_k, i_b, m_b, K, b_ws, p_w, s_w_k, s_w_n, i_n, m_n,
+             BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
+             EVEN_K: tl.constexpr, W_RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+             STEP_WAVE: tl.constexpr, WAVE_K: tl.constexpr):
+    """The step's product: `_matmul_wave` in the wave step (resident weights
+    only; the host plans it no other way), else `_matmul` (today's step)."""
+    if STEP_WAVE:
+        b_acc = _matmul_wave(p_a, s_a_b, s_a_k, i_b, m_b, K, b_ws, BLOCK_B, BLOCK_N, BLOCK_K, NUM_K, WAVE_K, EVEN_K,
+                             DOT_PRECISION, UPCAST_DOT)
+    else:
+        b_acc = _matmul(p_a, s_a_b, s_a_k, i_b, m_b, K, b_ws, p_w, s_w_k, s_w_n, i_n, m_n, BLOCK_B, BLOCK_N, BLOCK_K,
+                        NUM_K, EVEN_K, W_RESIDENT, DOT_PRECISION, UPCAST_DOT)
+    return b_acc
+
+
+@triton.jit
 def _split_gates(b_acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """(BLOCK_B, 4 * BLOCK_H) with column u * 4 + q for unit u of gate q ->
     the four (BLOCK_B, BLOCK_H) gate tiles i, f, g, o."""
@@ -272,6 +405,18 @@ def _split_gates(b_acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     b_i, b_g = tl.split(b_even)
     b_f, b_o = tl.split(b_odd)
     return b_i, b_f, b_g, b_o
+
+
+@triton.jit
+def _load_xg(p_xg, t64, s_xg_t, s_xg_b, s_xg_g, i_b, i_h, m_bh, H):
+    """The four float32 (BLOCK_B, BLOCK_H) tiles of xg[t] (gates i, f, g, o) for
+    this program's units: an input, which no program writes."""
+    p_x = p_xg + t64 * s_xg_t + i_b[:, None] * s_xg_b + i_h[None, :] * s_xg_g
+    b_xi = tl.load(p_x, mask=m_bh, other=0.0).to(tl.float32)
+    b_xf = tl.load(p_x + H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32)
+    b_xg = tl.load(p_x + 2 * H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32)
+    b_xo = tl.load(p_x + 3 * H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32)
+    return b_xi, b_xf, b_xg, b_xo
 
 
 @triton.jit
@@ -351,6 +496,9 @@ def lstm_fwd_kernel(
     W_RESIDENT: tl.constexpr,  # weights loaded once per launch (else streamed per step)
     DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee" (float32 only)
     UPCAST_DOT: tl.constexpr,
+    STEP_WAVE: tl.constexpr,  # the wave step (see the module doc); else today's chunked step
+    WAVE_K: tl.constexpr,  # STEP_WAVE: K chunks of h[t-1] (or hc) in flight before the first dot
+    ONE_TILE: tl.constexpr,  # B <= BLOCK_B: STEP_WAVE carries xg[t+1] and c across the barrier
 ):
     """Steps [t0, t1) of the forward: gates = xg[t] + h[t-1] @ W_hh^T, the cell
     update, and with HAS_PROJ h[t] = (o * tanh(c)) @ W_hr^T. Dead rows
@@ -387,6 +535,15 @@ def lstm_fwd_kernel(
             # c[0] = c0, for this program's units: only this program reads them.
             _copy_rows(p_c0, s_c0_b, s_c0_h, p_c, s_c_b, s_c_h, i_h, m_h, B, BLOCK_B)
             tl.debug_barrier()
+    if STEP_WAVE and ONE_TILE and CELL:
+        # The whole batch is one tile: this program's xg[t] and c[t] are
+        # loaded before the step's barrier wait (xg[t0] here, xg[t+1] between
+        # the arrival and the wait of step t), and c stays in registers.
+        i_b1 = tl.arange(0, BLOCK_B)
+        m_bh1 = (i_b1 < B)[:, None] & m_h[None, :]
+        b_xi, b_xf, b_xg, b_xo = _load_xg(p_xg, tl.cast(t0, tl.int64), s_xg_t, s_xg_b, s_xg_g, i_b1, i_h, m_bh1, H)
+        p_c1 = p_c + i_b1[:, None] * s_c_b + i_h[None, :] * s_c_h
+        b_c_keep = tl.load(p_c1 + tl.cast(t0, tl.int64) * s_c_t, mask=m_bh1, other=0.0)
 
     for t in range(t0, t1):
         t64 = tl.cast(t, tl.int64)
@@ -400,18 +557,30 @@ def lstm_fwd_kernel(
                     i_b = b0 + tl.arange(0, BLOCK_B)
                     m_b = i_b < B
                     m_bh = m_b[:, None] & m_h[None, :]
-                    b_gates = _matmul(p_hp, s_h_b, s_h_r, i_b, m_b, R, b_w, p_w, s_w_r, s_w_g, i_g, m_g,
-                                      BLOCK_B, 4 * BLOCK_H, BLOCK_K, NUM_KR, EVEN_K, W_RESIDENT, DOT_PRECISION,
-                                      UPCAST_DOT)
-                    b_ai, b_af, b_ag, b_ao = _split_gates(b_gates, BLOCK_B, BLOCK_H)
-                    p_x = p_xg + t64 * s_xg_t + i_b[:, None] * s_xg_b + i_h[None, :] * s_xg_g
-                    b_i = _sigmoid(b_ai + tl.load(p_x, mask=m_bh, other=0.0).to(tl.float32))
-                    b_f = _sigmoid(b_af + tl.load(p_x + H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
-                    b_g = _tanh(b_ag + tl.load(p_x + 2 * H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
-                    b_o = _sigmoid(b_ao + tl.load(p_x + 3 * H * s_xg_g, mask=m_bh, other=0.0).to(tl.float32))
-
                     p_c_bh = p_c + i_b[:, None] * s_c_b + i_h[None, :] * s_c_h
-                    b_c_prev = tl.load(p_c_bh + t64 * s_c_t, mask=m_bh, other=0.0)
+                    if STEP_WAVE:
+                        # What no other program writes is loaded before h[t-1]
+                        # (or, one tile, before the barrier): after the barrier
+                        # a step waits for the wave of h loads alone.
+                        if ONE_TILE:
+                            b_c_prev = b_c_keep
+                        else:
+                            b_xi, b_xf, b_xg, b_xo = _load_xg(p_xg, t64, s_xg_t, s_xg_b, s_xg_g, i_b, i_h, m_bh, H)
+                            b_c_prev = tl.load(p_c_bh + t64 * s_c_t, mask=m_bh, other=0.0)
+                        b_live = _live_rows(p_len, i_b, m_b, t, PACKED)
+                    b_gates = _product(p_hp, s_h_b, s_h_r, i_b, m_b, R, b_w, p_w, s_w_r, s_w_g, i_g, m_g,
+                                       BLOCK_B, 4 * BLOCK_H, BLOCK_K, NUM_KR, EVEN_K, W_RESIDENT, DOT_PRECISION,
+                                       UPCAST_DOT, STEP_WAVE, WAVE_K)
+                    b_ai, b_af, b_ag, b_ao = _split_gates(b_gates, BLOCK_B, BLOCK_H)
+                    if not STEP_WAVE:
+                        b_xi, b_xf, b_xg, b_xo = _load_xg(p_xg, t64, s_xg_t, s_xg_b, s_xg_g, i_b, i_h, m_bh, H)
+                    b_i = _sigmoid(b_ai + b_xi)
+                    b_f = _sigmoid(b_af + b_xf)
+                    b_g = _tanh(b_ag + b_xg)
+                    b_o = _sigmoid(b_ao + b_xo)
+
+                    if not STEP_WAVE:
+                        b_c_prev = tl.load(p_c_bh + t64 * s_c_t, mask=m_bh, other=0.0)
                     b_c = b_f * b_c_prev + b_i * b_g
                     b_hn = b_o * _tanh(b_c)
                     if SAVE_GATES:
@@ -420,8 +589,12 @@ def lstm_fwd_kernel(
                         tl.store(p_gt + H * s_gt_g, b_f, mask=m_bh)
                         tl.store(p_gt + 2 * H * s_gt_g, b_g, mask=m_bh)
                         tl.store(p_gt + 3 * H * s_gt_g, b_o, mask=m_bh)
-                    b_live = _live_rows(p_len, i_b, m_b, t, PACKED)
-                    tl.store(p_c_bh + (t64 + 1) * s_c_t, tl.where(b_live, b_c, b_c_prev), mask=m_bh)
+                    if not STEP_WAVE:
+                        b_live = _live_rows(p_len, i_b, m_b, t, PACKED)
+                    b_c = tl.where(b_live, b_c, b_c_prev)
+                    tl.store(p_c_bh + (t64 + 1) * s_c_t, b_c, mask=m_bh)
+                    if STEP_WAVE and ONE_TILE:
+                        b_c_keep = b_c
                     if HAS_PROJ:
                         p_hc_bh = p_hc + t64 * s_hc_t + i_b[:, None] * s_hc_b + i_h[None, :] * s_hc_h
                         tl.store(p_hc_bh, tl.where(b_live, b_hn, 0.0).to(p_hc.dtype.element_ty), mask=m_bh)
@@ -434,14 +607,24 @@ def lstm_fwd_kernel(
                 for b0 in range(0, B, BLOCK_B):
                     i_b = b0 + tl.arange(0, BLOCK_B)
                     m_b = i_b < B
-                    b_hn = _matmul(p_hc + t64 * s_hc_t, s_hc_b, s_hc_h, i_b, m_b, H, b_wr, p_wr, s_wr_h, s_wr_r,
-                                   i_p, m_p, BLOCK_B, BLOCK_R, BLOCK_K, NUM_KH, EVEN_K, W_RESIDENT, DOT_PRECISION,
-                                   UPCAST_DOT)
+                    b_hn = _product(p_hc + t64 * s_hc_t, s_hc_b, s_hc_h, i_b, m_b, H, b_wr, p_wr, s_wr_h, s_wr_r,
+                                    i_p, m_p, BLOCK_B, BLOCK_R, BLOCK_K, NUM_KH, EVEN_K, W_RESIDENT, DOT_PRECISION,
+                                    UPCAST_DOT, STEP_WAVE, WAVE_K)
                     b_live = _live_rows(p_len, i_b, m_b, t, PACKED)
                     _store_h(p_hs, p_out, p_hp, t64, s_hs_t, s_h_b, s_h_r, i_b, i_p, m_b[:, None] & m_p[None, :],
                              b_live, b_hn, PACKED)
-        if PERSISTENT:
+        if PERSISTENT and not STEP_WAVE:
             spin = _grid_barrier(p_sync, (t - t0 + 1) * n_phases * nprog, spin, p_err)
+        if STEP_WAVE:
+            # Split barrier: arrive, load the next step's xg (no program
+            # writes it; the last step reloads its own, in bounds), then wait.
+            if PERSISTENT:
+                _barrier_arrive(p_sync)
+            if ONE_TILE and CELL:
+                t_next = tl.cast(tl.minimum(t + 1, t1 - 1), tl.int64)
+                b_xi, b_xf, b_xg, b_xo = _load_xg(p_xg, t_next, s_xg_t, s_xg_b, s_xg_g, i_b1, i_h, m_bh1, H)
+            if PERSISTENT:
+                spin = _barrier_wait(p_sync, (t - t0 + 1) * n_phases * nprog, spin, p_err)
 
     if PERSISTENT:
         if _launch_failed(p_ws):
@@ -481,11 +664,11 @@ def lstm_fwd_kernel(
 
 
 @triton.jit
-def _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H,
-                   s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h, s_dg_t, s_dg_b, s_dg_g,
-                   PACKED: tl.constexpr):
-    """Pointwise backward of one (BLOCK_B, BLOCK_H) tile of the cell at step t,
-    given dh[t]: writes dg[t] and updates dc (this program's tile only)."""
+def _cell_backward_inputs(p_gates, p_c, p_dc, t64, i_b, i_h, m_bh, H, s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h,
+                          s_dc_b, s_dc_h):
+    """What the pointwise backward of one tile at step t reads, none of it
+    written by another program: the saved gates i, f, g, o, c[t], tanh(c[t+1])
+    and this program's running dc."""
     p_gt = p_gates + t64 * s_gt_t + i_b[:, None] * s_gt_b + i_h[None, :] * s_gt_g
     b_i = tl.load(p_gt, mask=m_bh, other=0.0)
     b_f = tl.load(p_gt + H * s_gt_g, mask=m_bh, other=0.0)
@@ -496,7 +679,28 @@ def _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h,
     b_tc = _tanh(tl.load(p_c_bh + (t64 + 1) * s_c_t, mask=m_bh, other=0.0))
     p_dc_bh = p_dc + i_b[:, None] * s_dc_b + i_h[None, :] * s_dc_h
     b_dc_next = tl.load(p_dc_bh, mask=m_bh, other=0.0)
+    return b_i, b_f, b_g, b_o, b_c_prev, b_tc, b_dc_next
 
+
+@triton.jit
+def _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H,
+                   s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h, s_dg_t, s_dg_b, s_dg_g,
+                   PACKED: tl.constexpr):
+    """Pointwise backward of one (BLOCK_B, BLOCK_H) tile of the cell at step t,
+    given dh[t]: writes dg[t] and updates dc (this program's tile only)."""
+    b_i, b_f, b_g, b_o, b_c_prev, b_tc, b_dc_next = _cell_backward_inputs(
+        p_gates, p_c, p_dc, t64, i_b, i_h, m_bh, H, s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h)
+    _cell_backward_update(p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H, s_dc_b, s_dc_h,
+                          s_dg_t, s_dg_b, s_dg_g, b_i, b_f, b_g, b_o, b_c_prev, b_tc, b_dc_next, PACKED)
+
+
+@triton.jit
+def _cell_backward_update(p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H, s_dc_b, s_dc_h,
+                          s_dg_t, s_dg_b, s_dg_g, b_i, b_f, b_g, b_o, b_c_prev, b_tc, b_dc_next,
+                          PACKED: tl.constexpr):
+    """The pointwise backward of one tile from its inputs (`_cell_backward_inputs`)
+    and dh[t]: writes dg[t] and dc."""
+    p_dc_bh = p_dc + i_b[:, None] * s_dc_b + i_h[None, :] * s_dc_h
     b_dc = b_dc_next + b_dh * b_o * (1.0 - b_tc * b_tc)
     b_di = b_dc * b_g * b_i * (1.0 - b_i)
     b_df = b_dc * b_c_prev * b_f * (1.0 - b_f)
@@ -566,6 +770,9 @@ def lstm_bwd_kernel(
     W_RESIDENT: tl.constexpr,  # weights loaded once per launch (else streamed per step)
     DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee" (float32 only)
     UPCAST_DOT: tl.constexpr,
+    STEP_WAVE: tl.constexpr,  # the wave step (see the module doc); else today's chunked step
+    WAVE_K: tl.constexpr,  # STEP_WAVE: K chunks of dg[t+1] (or dh) in flight before the first dot
+    ONE_TILE: tl.constexpr,  # B <= BLOCK_B (unused by the backward so far; one flag for both kernels)
 ):
     """Steps t1-1 down to t0 of the backward: dh[t] = dg[t+1] @ W_hh + dout[t]
     (then dh[t] @ W_hr with HAS_PROJ), and the pointwise backward of the cell:
@@ -612,10 +819,15 @@ def lstm_bwd_kernel(
                     i_b = b0 + tl.arange(0, BLOCK_B)
                     m_b = i_b < B
                     m_bp = m_b[:, None] & m_p[None, :]
-                    b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_p, m_p,
-                                   BLOCK_B, BLOCK_R, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION, UPCAST_DOT)
                     p_do = p_dout_t + i_b[:, None] * s_do_b + i_p[None, :] * s_do_r
-                    b_dh += tl.load(p_do, mask=m_bp, other=0.0).to(tl.float32)
+                    if STEP_WAVE:
+                        b_do = tl.load(p_do, mask=m_bp, other=0.0).to(tl.float32)  # before the dg wave
+                    b_dh = _product(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_p, m_p,
+                                    BLOCK_B, BLOCK_R, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION, UPCAST_DOT,
+                                    STEP_WAVE, WAVE_K)
+                    if not STEP_WAVE:
+                        b_do = tl.load(p_do, mask=m_bp, other=0.0).to(tl.float32)
+                    b_dh += b_do
                     p_dh_bp = p_dh + t64 * s_dh_t + i_b[:, None] * s_dh_b + i_p[None, :] * s_dh_r
                     tl.store(p_dh_bp, b_dh.to(p_dh.dtype.element_ty), mask=m_bp)
             if PERSISTENT and CELL:
@@ -626,21 +838,43 @@ def lstm_bwd_kernel(
                     i_b = b0 + tl.arange(0, BLOCK_B)
                     m_b = i_b < B
                     m_bh = m_b[:, None] & m_h[None, :]
-                    if HAS_PROJ:
-                        b_dh = _matmul(p_dh + t64 * s_dh_t, s_dh_b, s_dh_r, i_b, m_b, R, b_wr, p_wr, s_wr_r, s_wr_h,
-                                       i_h, m_h, BLOCK_B, BLOCK_H, BLOCK_K, NUM_KR, EVEN_K, W_RESIDENT, DOT_PRECISION,
-                                       UPCAST_DOT)
+                    if STEP_WAVE:
+                        # The tile's own inputs first, then one wave of dg[t+1]
+                        # (or dh[t]): after the barrier, one round trip.
+                        b_i, b_f, b_g, b_o, b_c_prev, b_tc, b_dc_next = _cell_backward_inputs(
+                            p_gates, p_c, p_dc, t64, i_b, i_h, m_bh, H, s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h,
+                            s_dc_b, s_dc_h)
+                        if HAS_PROJ:
+                            b_dh = _matmul_wave(p_dh + t64 * s_dh_t, s_dh_b, s_dh_r, i_b, m_b, R, b_wr, BLOCK_B,
+                                                BLOCK_H, BLOCK_K, NUM_KR, WAVE_K, EVEN_K, DOT_PRECISION, UPCAST_DOT)
+                        else:
+                            p_do = p_dout_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_r
+                            b_do = tl.load(p_do, mask=m_bh, other=0.0).to(tl.float32)
+                            b_dh = _matmul_wave(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, BLOCK_B, BLOCK_H,
+                                                BLOCK_K, NUM_KG, WAVE_K, EVEN_K, DOT_PRECISION, UPCAST_DOT)
+                            b_dh += b_do
+                        _cell_backward_update(p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H, s_dc_b, s_dc_h,
+                                              s_dg_t, s_dg_b, s_dg_g, b_i, b_f, b_g, b_o, b_c_prev, b_tc,
+                                              b_dc_next, PACKED)
                     else:
-                        b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_h,
-                                       m_h, BLOCK_B, BLOCK_H, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION,
-                                       UPCAST_DOT)
-                        p_do = p_dout_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_r
-                        b_dh += tl.load(p_do, mask=m_bh, other=0.0).to(tl.float32)
-                    _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H,
-                                   s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h,
-                                   s_dg_t, s_dg_b, s_dg_g, PACKED)
-        if PERSISTENT:
+                        if HAS_PROJ:
+                            b_dh = _matmul(p_dh + t64 * s_dh_t, s_dh_b, s_dh_r, i_b, m_b, R, b_wr, p_wr, s_wr_r,
+                                           s_wr_h, i_h, m_h, BLOCK_B, BLOCK_H, BLOCK_K, NUM_KR, EVEN_K, W_RESIDENT,
+                                           DOT_PRECISION, UPCAST_DOT)
+                        else:
+                            b_dh = _matmul(p_dg_next, s_dg_b, s_dg_g, i_b, m_b, 4 * H, b_w, p_w, s_w_g, s_w_r, i_h,
+                                           m_h, BLOCK_B, BLOCK_H, BLOCK_K, NUM_KG, EVEN_K, W_RESIDENT, DOT_PRECISION,
+                                           UPCAST_DOT)
+                            p_do = p_dout_t + i_b[:, None] * s_do_b + i_h[None, :] * s_do_r
+                            b_dh += tl.load(p_do, mask=m_bh, other=0.0).to(tl.float32)
+                        _cell_backward(p_gates, p_c, p_dc, p_dg, p_len, t, t64, b_dh, i_b, m_b, i_h, m_bh, H,
+                                       s_gt_t, s_gt_b, s_gt_g, s_c_t, s_c_b, s_c_h, s_dc_b, s_dc_h,
+                                       s_dg_t, s_dg_b, s_dg_g, PACKED)
+        if PERSISTENT and not STEP_WAVE:
             spin = _grid_barrier(p_sync, (s + 1) * n_phases * nprog, spin, p_err)
+        if PERSISTENT and STEP_WAVE:
+            _barrier_arrive(p_sync)
+            spin = _barrier_wait(p_sync, (s + 1) * n_phases * nprog, spin, p_err)
 
     if PERSISTENT:
         if _launch_failed(p_ws):

@@ -13,8 +13,11 @@ recorder that launches nothing), compiles each distinct variant through
 Triton's own dispatch path (`warmup`, with a stand-in driver that names the
 target), and reports what the compiled code uses: registers and spills (the wheel's
 `cuobjdump`, and where in the loops the spill instructions sit), shared
-memory, tensor-core instructions, and whether the time loop loads the weights
-from global memory.
+memory, tensor-core instructions, whether the time loop loads the weights
+from global memory, and, for the wave step's variants and today's step at
+cuDNN's persistent case, the step's critical path read off the SASS
+(`step_critical_path`: memory round trips after the barrier, CTA barriers,
+the longest chain of dependent tensor-core instructions).
 """
 import json
 import os
@@ -57,6 +60,20 @@ ONE_STEP = ((16, 1024, 0, False), (16, 1024, 256, True))
 # float16 compiles to bfloat16's code but for the tensor-core instruction's
 # element type; it is checked at these sizes only, to keep the run short.
 FLOAT16_HIDDENS = (256, 1024)
+# The wave step (`LaunchPlan.step == "wave"`, not the default): a
+# representative subset of training layers (their forward and backward), in
+# float16 at one-tile and many-tile batches and the sizes cuDNN's persistent
+# kernel covers, bfloat16 and TF32 at the largest of them; plus the
+# inference forward of cuDNN's case. sm_80, where shared memory is tightest,
+# compiles the extremes only. (batch, hidden, dtype, precision, training)
+WAVE = {
+    "sm_90": [(b, h, "float16", None, True) for b in (16, 128) for h in (256, 768, 1024)]
+    + [(b, h, d, p, True) for d, p in (("bfloat16", None), ("float32", "tf32"))
+       for b, h in ((16, 768), (16, 1024), (128, 1024))]
+    + [(16, 768, "float16", None, False)],
+    "sm_80": [(16, 768, "float16", None, True), (128, 1024, "float16", None, True),
+              (16, 768, "float32", "tf32", True), (128, 768, "float32", "tf32", True)],
+}
 
 
 class _Target:
@@ -91,8 +108,9 @@ class _Recorder:
         return record
 
 
-def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu, steps=2):
-    """[(kernel, plan, grid, kwargs)] for one layer call on `gpu`, as the backend builds them."""
+def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu, steps=2, step="chunked"):
+    """[(kernel, plan, grid, kwargs)] for one layer call on `gpu`, as the backend builds them
+    (`step`: the plan's step body, "chunked" or "wave")."""
     fwd_rec, bwd_rec = _Recorder(tb._k.lstm_fwd_kernel), _Recorder(tb._k.lstm_bwd_kernel)
     real = tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel
     tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel = fwd_rec, bwd_rec
@@ -100,7 +118,7 @@ def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, g
         dt = getattr(torch, dtype)
         T, B, H, R = steps, batch, hidden, proj or hidden
         fwd_plan, bwd_plan = (tb.launch_plan(B, H, proj, dt, gpu["sm_count"], gpu["smem_per_block"], training,
-                                             kernel=k, exact_fp32=precision == "ieee")
+                                             kernel=k, exact_fp32=precision == "ieee", step=step)
                               for k in ("forward", "backward"))
         z = lambda *shape: torch.zeros(*shape, dtype=dt)  # noqa: E731
         lens = torch.full((B,), T, dtype=torch.int32) if packed else None
@@ -122,17 +140,21 @@ def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, g
     return result
 
 
-def _configs(gpu):
-    """(batch, hidden, proj, packed, dtype, precision, training, steps) to compile."""
+def _configs(arch):
+    """(batch, hidden, proj, packed, dtype, precision, training, steps, step) to compile."""
     for dtype, precision in DTYPES:
         for training in (False, True):
             for batch in BATCHES:
                 for hidden in FLOAT16_HIDDENS if dtype == "float16" else HIDDENS:
-                    yield batch, hidden, 0, False, dtype, precision, training, 2
+                    yield batch, hidden, 0, False, dtype, precision, training, 2, "chunked"
             for batch, hidden, proj, packed in (() if dtype == "float16" else EXTRA) + (STREAMED,):
-                yield batch, hidden, proj, packed, dtype, precision, training, 2
+                yield batch, hidden, proj, packed, dtype, precision, training, 2, "chunked"
             for batch, hidden, proj, packed in ONE_STEP:
-                yield batch, hidden, proj, packed, dtype, precision, training, 1
+                yield batch, hidden, proj, packed, dtype, precision, training, 1, "chunked"
+    # Today's step at cuDNN's case, for the critical-path comparison.
+    yield 16, 768, 0, False, "float16", None, True, 2, "chunked"
+    for batch, hidden, dtype, precision, training in WAVE[arch]:
+        yield batch, hidden, 0, False, dtype, precision, training, 2, "wave"
 
 
 _OPTIONS = ("num_warps", "num_stages", "maxnreg", "launch_cooperative_grid")
@@ -155,11 +177,8 @@ def _resource_usage(cubin: bytes):
     return int(usage["REG"]), int(usage["STACK"]) + int(usage["LOCAL"])
 
 
-def spills_inside_steps(cubin: bytes) -> int:
-    """Spill loads and stores (LDL/STL; the kernels have no local arrays) that sit
-    inside a loop nested in another loop, in the SASS: inside the work of a
-    step (batch tiles, K chunks, the barrier's spin), as opposed to before the
-    time loop or once per step. Loops are read off the backward branches."""
+def _sass(cubin: bytes) -> str:
+    """The SASS of a cubin, from the wheel's cuobjdump."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     cuobjdump = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
@@ -167,7 +186,15 @@ def spills_inside_steps(cubin: bytes) -> int:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        sass = subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
+
+
+def spills_inside_steps(cubin: bytes) -> int:
+    """Spill loads and stores (LDL/STL; the kernels have no local arrays) that sit
+    inside a loop nested in another loop, in the SASS: inside the work of a
+    step (batch tiles, K chunks, the barrier's spin), as opposed to before the
+    time loop or once per step. Loops are read off the backward branches."""
+    sass = _sass(cubin)
     code = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     loops = []
     for addr, op in code:
@@ -176,6 +203,113 @@ def spills_inside_steps(cubin: bytes) -> int:
             loops.append((int(m.group(1), 16), addr))
     return sum(1 for addr, op in code if re.search(r"\b(?:LDL|STL)\b", op)
                and sum(start <= addr <= end for start, end in loops) >= 2)
+
+
+def sass_instructions(sass: str):
+    """[(address, instruction text, wait mask, write scoreboard)] from cuobjdump's
+    SASS of a Volta-or-newer GPU. Each 128-bit instruction is printed as two
+    64-bit words; the high word's top 23 bits are its control bits (the
+    layout documented by the maxas/CuAssembler projects): stall (4 bits),
+    yield (1), the scoreboard it sets when its result lands (3; 7 = none),
+    the one it sets when its operands are read (3), and the mask of
+    scoreboards it waits for before issuing (6)."""
+    lines = sass.splitlines()
+    code = []
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+([^;]*);\s*/\* 0x[0-9a-f]{16} \*/", line)
+        if not m:
+            continue
+        hi = re.search(r"/\* 0x([0-9a-f]{16}) \*/", lines[i + 1])
+        ctrl = int(hi.group(1), 16) >> 41
+        code.append((int(m.group(1), 16), m.group(2).strip(), (ctrl >> 11) & 0x3F, (ctrl >> 5) & 7))
+    return code
+
+
+_LDG = re.compile(r"\bLDG\.")
+_POLL_FENCE = re.compile(r"\bCCTL\.IVALL\b")
+
+
+def step_critical_path(cubin: bytes) -> dict:
+    """What the SASS of a persistent kernel waits for in one step of its time loop.
+
+    The time loop is the backward branch that spans the most code. Its body is
+    walked in order, as straight-line code (an inner loop's body once: one
+    batch tile, one poll of the barrier), twice over, counting the second
+    pass, so that loads issued in one step (a prefetch) and waited for in the
+    next are seen as such. Global loads are `LDG`s; an `LDG` followed by
+    `CCTL.IVALL` (before any other `LDG`) is the barrier's acquire poll. A wait is an instruction
+    whose wait mask names a scoreboard that pending loads set (or a `DEPBAR`
+    on it). A wait is a new memory round trip when some load it waits for was
+    issued after the previous round trip (or the barrier) was waited out;
+    loads issued before that were in flight during it.
+
+    Returns: round_trips (per step, after the barrier; the barrier's own
+    poll not counted), first_wave (global loads issued after the barrier
+    before the first wait for any of them), loads (global loads per step,
+    the poll not counted), cta_barriers (BAR.SYNC per step), hmma_chain (the
+    longest chain of dependent tensor-core instructions)."""
+    code = sass_instructions(_sass(cubin))
+    loops = []
+    for i, (addr, op, _, _) in enumerate(code):
+        m = re.search(r"\bBRA\b[^0-9]*?(0x[0-9a-f]+)", op)
+        if m and int(m.group(1), 16) < addr:
+            loops.append((int(m.group(1), 16), addr))
+    if not loops:
+        return None
+    start, end = max(loops, key=lambda lp: lp[1] - lp[0])
+    body = [ins for ins in code if start <= ins[0] <= end]
+    polls = set()
+    for i, (_, op, _, _) in enumerate(body):
+        # the poll: the next global load or L1 invalidation within a few instructions is CCTL.IVALL
+        after = [o for _, o, _, _ in body[i + 1:i + 9] if _LDG.search(o) or _POLL_FENCE.search(o)]
+        if _LDG.search(op) and after and _POLL_FENCE.search(after[0]):
+            polls.add(i)
+    pending = {sb: [] for sb in range(6)}  # scoreboard -> [(issue position, is a poll)]
+    result = {}
+    trips, last_wait, issued_ahead, first_wave, at = 0, -1, 0, None, []
+    for rnd in range(2):
+        loads, bars = 0, 0
+        for i, (addr, op, wait, wr) in enumerate(body):
+            pos = rnd * len(body) + i
+            done = []
+            for sb in range(6):
+                if wait >> sb & 1:
+                    done += pending[sb]
+                    pending[sb] = []
+            m = re.match(r"(?:@!?U?P\w+\s+)?DEPBAR\.LE\s+SB(\d),\s*(0x[0-9a-f]+|\d+)", op)
+            if m:
+                sb, keep = int(m.group(1)), int(m.group(2), 0)
+                cut = max(0, len(pending[sb]) - keep)
+                done += pending[sb][:cut]
+                pending[sb] = pending[sb][cut:]
+            if any(is_poll for _, is_poll in done):
+                # the barrier: one step ends and the next one's loads start here
+                if rnd and not result:
+                    result = dict(round_trips=trips, first_wave=first_wave or 0, waits_at=at)
+                last_wait, issued_ahead, first_wave, trips, at = pos, 0, None, 0, []
+            elif any(issued > last_wait for issued, _ in done):
+                trips += 1
+                last_wait = pos
+                at.append(hex(addr))
+                if first_wave is None:
+                    first_wave = issued_ahead
+            if _LDG.search(op) and wr < 6:
+                pending[wr].append((pos, i in polls))
+                if i not in polls:
+                    loads += 1
+                    issued_ahead += 1
+            bars += bool(re.search(r"\bBAR\.SYNC\b", op))
+    if not result:  # no barrier in the loop
+        result = dict(round_trips=trips, first_wave=first_wave or 0, waits_at=at)
+    result.update(loads=loads, cta_barriers=bars)
+    chain, longest = {}, 0
+    for _, op, _, _ in body:
+        m = re.search(r"\bHMMA\.\w+(?:\.\w+)*\s+(R\d+),\s*R\d+,\s*R\d+,\s*(R\w+)", op)
+        if m:
+            chain[m.group(1)] = 1 if m.group(2) == "RZ" else chain.get(m.group(2), 0) + 1
+            longest = max(longest, chain[m.group(1)])
+    result["hmma_chain"] = longest
+    return result
 
 
 _TENSOR_CORE = re.compile(r"\b(?:mma\.sync\.aligned|wgmma\.mma_async\.sync\.aligned)\.[\w.]*?\.(bf16|f16|tf32)\b")
@@ -232,12 +366,15 @@ def _compile(kernel, plan, grid, kwargs, arch, gpu, config):
     seconds = time.perf_counter() - start
     ptx = compiled.asm["ptx"]
     regs, spills = _resource_usage(compiled.asm["cubin"])
-    batch, hidden, proj, packed, dtype, precision, training, steps = config
+    batch, hidden, proj, packed, dtype, precision, training, steps, step = config
+    path = None
+    if kwargs["PERSISTENT"] and plan.w_resident and (plan.step == "wave" or (dtype == "float16" and hidden == 768)):
+        path = step_critical_path(compiled.asm["cubin"])
     constexprs = {p.name for p in kernel.params if p.is_constexpr}
     return {
         "arch": arch, "gpu": gpu, "kernel": kernel.fn.__name__, "batch": batch, "hidden": hidden,
         "proj": proj, "packed": packed, "dtype": dtype, "precision": precision, "training": training,
-        "steps": steps,
+        "steps": steps, "step": plan.step, "critical_path": path,
         "plan": str(plan), "grid": grid[0], "persistent": bool(kwargs["PERSISTENT"]), "resident": plan.w_resident,
         "num_warps": kwargs["num_warps"], "maxnreg": kwargs.get("maxnreg"),
         "flags": {k: str(v) for k, v in kwargs.items() if k in constexprs or k in _OPTIONS},
@@ -253,8 +390,8 @@ def compile_all(arch: str):
     gpu = GPUS[arch]
     driver.set_active(_Target(gpu["cc"]))
     seen = set()
-    for config in _configs(gpu):
-        for kernel, plan, grid, kwargs in _launch_arguments(*config[:7], gpu, steps=config[7]):
+    for config in _configs(arch):
+        for kernel, plan, grid, kwargs in _launch_arguments(*config[:7], gpu, steps=config[7], step=config[8]):
             kwargs = dict(kwargs, UPCAST_DOT=False)
             constexprs = {p.name for p in kernel.params if p.is_constexpr}
             flags = {k: v for k, v in kwargs.items() if k in constexprs or k in _OPTIONS}
@@ -265,7 +402,7 @@ def compile_all(arch: str):
                 seen.add(key)
                 yield _compile(kernel, plan, grid, kwargs, arch, gpu, config)
     c = SPILL_CONTROL
-    config = (c["batch"], c["hidden"], 0, False, c["dtype"], c["precision"], False, 2)
+    config = (c["batch"], c["hidden"], 0, False, c["dtype"], c["precision"], False, 2, "chunked")
     kernel, plan, grid, kwargs = _launch_arguments(*config[:7], gpu)[0]
     row = _compile(kernel, plan, grid, dict(kwargs, UPCAST_DOT=False, BLOCK_B=c["BLOCK_B"], maxnreg=c["maxnreg"]),
                    arch, gpu, config)

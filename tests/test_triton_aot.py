@@ -3,7 +3,9 @@
 {1, 8, 16, 64, 256}, H in {128, 256, 512, 768, 1024}, float32 (TF32 and
 exact) and bfloat16 (float16 at H 256 and 1024), inference and training, plus
 projected, packed and streamed-weight layers, and the step-wise variants that
-one-step calls launch (for a plain and a projected layer at H 1024). `tests/aot.py` does the
+one-step calls launch (for a plain and a projected layer at H 1024); and the wave step
+(`LaunchPlan.step == "wave"`, not the default) over a representative subset, whose
+critical path is read off the SASS (`aot.step_critical_path`). `tests/aot.py` does the
 compiling, in one process per architecture without the interpreter; these
 tests check what it reports.
 
@@ -163,3 +165,102 @@ def test_resident_weights_are_not_read_from_memory_inside_the_time_loop(variants
     # The check can fail: where the plan streams the weights, it finds the loads.
     streamed = [v for v in variants if not v["resident"]]
     assert streamed and all(v["weight_loads_in_loop"] > 0 for v in streamed), [_name(v) for v in streamed]
+
+
+# ----------------------------------------------------------------------------
+# The wave step (LaunchPlan.step == "wave"): its critical path, from the SASS
+# ----------------------------------------------------------------------------
+
+
+def _wave(variants, kernel):
+    return [v for v in variants if v["step"] == "wave" and v["kernel"] == kernel]
+
+
+def _chunks(v):
+    """K chunks of the step's product: h[t-1] (forward), dg[t+1] (backward)."""
+    return int(v["flags"]["NUM_KR" if v["kernel"] == "lstm_fwd_kernel" else "NUM_KG"])
+
+
+def test_wave_step_variants_were_compiled(variants):
+    for arch in ARCHS:
+        wave = [v for v in variants if v["arch"] == arch and v["step"] == "wave"]
+        kinds = {(v["kernel"], v["dtype"]) for v in wave}
+        assert {(k, "float16") for k in ("lstm_fwd_kernel", "lstm_bwd_kernel")} <= kinds, kinds
+        assert ("lstm_bwd_kernel", "float32") in kinds, kinds
+        assert {v["batch"] for v in wave} >= {16, 128}
+        assert all(v["persistent"] and v["resident"] and v["flags"]["STEP_WAVE"] == "True" for v in wave)
+        assert all(v["critical_path"] for v in wave), [_name(v) for v in wave if not v["critical_path"]]
+    # Every other variant is today's step.
+    assert all(v["flags"]["STEP_WAVE"] == "False" for v in variants if v["step"] == "chunked")
+
+
+def test_the_wave_forward_waits_for_one_wave_after_the_barrier(variants):
+    """In every wave forward whose read of h[t-1] fits the wave (wave_k >= its
+    chunks; on an H100 every size up to H = 1024, B = 128 in 16-bit and
+    TF32), from the barrier to the next: one memory round trip per batch
+    tile. All the loads of h[t-1] are issued before the first wait for any
+    of them (xg was loaded before the barrier wait and c is in registers
+    when the batch is one tile; with several tiles each tile loads its xg
+    and c in the same wave as its h), and no weight is read from memory.
+    (Where the A100's shared memory leaves room for fewer chunks, the read
+    slides through wave_k chunks at a time: in the report, not asserted.)"""
+
+    def bad(v):
+        path = v["critical_path"]
+        if path["round_trips"] != 1 or path["first_wave"] < _chunks(v) or v["weight_loads_in_loop"]:
+            return f"{path}, {_chunks(v)} chunks, {v['weight_loads_in_loop']} weight loads in the time loop"
+        return None
+
+    rows = [v for v in _wave(variants, "lstm_fwd_kernel") if int(v["flags"]["WAVE_K"]) >= _chunks(v)]
+    assert {(v["arch"], v["batch"]) for v in rows} >= {(a, 16) for a in ARCHS} | {("sm_90", 128)}, rows
+    assert not _failures(rows, bad), "\n".join(_failures(rows, bad))
+
+
+def test_the_wave_backward_waits_for_one_wave_where_its_read_fits(variants):
+    """A wave backward whose batch is one 16-row tile and whose dg[t+1] read
+    fits the wave (wave_k >= its chunks: fp16/bf16 up to H = 768 at B <= 16)
+    waits for one round trip a step, its tile's own inputs (saved gates, c,
+    dc, dout) loaded in the same wave. (With 32-row tiles the layout
+    conversions of those inputs serialise their loads, and a larger read
+    slides through wave_k chunks at a time: those rows are in the report,
+    not asserted.)"""
+    rows = [v for v in _wave(variants, "lstm_bwd_kernel")
+            if int(v["flags"]["BLOCK_B"]) == 16 and int(v["flags"]["WAVE_K"]) >= _chunks(v)]
+
+    def bad(v):
+        path = v["critical_path"]
+        if path["round_trips"] != 1 or path["first_wave"] < _chunks(v) or v["weight_loads_in_loop"]:
+            return f"{path}, {_chunks(v)} chunks, {v['weight_loads_in_loop']} weight loads in the time loop"
+        return None
+
+    assert {v["arch"] for v in rows} == set(ARCHS), [_name(v) for v in rows]
+    assert not _failures(rows, bad), "\n".join(_failures(rows, bad))
+
+
+def test_the_wave_step_splits_its_products_into_four_chains(variants):
+    """Each tensor-core instruction of a dot waits for the previous one on its
+    accumulator: the wave step's four accumulators make the longest chain a
+    quarter of the product's K steps (16 per instruction, 8 in TF32), or two
+    chunks' worth: Triton folds the final sum of an accumulator that holds
+    one dot alone back into a chain (dot(a, b, 0) + c -> dot(a, b, c))."""
+
+    def bad(v):
+        k_step = 8 if v["dtype"] == "float32" else 16
+        most = max(2, -(-_chunks(v) // 4)) * int(v["flags"]["BLOCK_K"]) // k_step
+        chain = v["critical_path"]["hmma_chain"]
+        return chain > most and f"a chain of {chain} dependent HMMAs > {most}"
+
+    rows = [v for v in variants if v["step"] == "wave"]
+    assert not _failures(rows, bad), "\n".join(_failures(rows, bad))
+
+
+def test_the_critical_path_check_sees_todays_chunked_step(variants):
+    """The count can fail: today's step at cuDNN's case (fp16, B=16, H=768)
+    waits out one round trip per 128-wide chunk of h[t-1] (6) and one more
+    for xg and c in the forward, one per chunk of dg[t+1] (24) and more for
+    the saved gates and c in the backward."""
+    rows = [v for v in variants if v["step"] == "chunked" and v["critical_path"]]
+    assert {(v["arch"], v["kernel"]) for v in rows} == {(a, k) for a in ARCHS
+                                                       for k in ("lstm_fwd_kernel", "lstm_bwd_kernel")}, rows
+    for v in rows:
+        assert v["critical_path"]["round_trips"] > _chunks(v), (_name(v), v["critical_path"])

@@ -96,6 +96,31 @@ _MAXNREG_STREAMED = 255
 # A streamed weight chunk (block_k x 4 block_h) lives in registers each step:
 # block_k is bounded so that it holds at most this many elements.
 _STREAMED_CHUNK = 4096
+# The step kernels' two step bodies (`LaunchPlan.step`): "chunked", today's
+# (each K chunk of h[t-1] loaded, then multiplied), and "wave" (the whole read
+# issued before the first product; the barrier split around the next step's
+# input loads). The environment variable chooses for every layer, so that one
+# GPU run can measure both on the same shapes; the default stays "chunked"
+# until a GPU measurement says otherwise.
+_STEPS = ("chunked", "wave")
+_STEP_ENV = "FASTLSTM_TRITON_STEP"
+# Likewise the fewest hidden units a program owns (a power of two; unset: the
+# plan's own choice, the fewest that need no more programs than SMs). More
+# units a program means fewer programs, each reading all of h[t-1] (dg[t+1]):
+# less L2 traffic a step, more math a program. For a GPU run to tune.
+_UNITS_ENV = "FASTLSTM_TRITON_UNITS"
+# The wave step keeps the loaded chunks of h[t-1] (dg[t+1] in the backward) of
+# one batch tile in registers until their products: at most this many bytes
+# of them are in flight at once (96 registers a thread at 8 warps). fp16,
+# B=16: one wave up to R = 3072, so the forward's whole read and the
+# backward's (4H = 3072 at H = 768). The loaded chunks also pass through
+# shared memory on their way to the tensor cores (each chunk its own buffer
+# while in flight), so the wave is bounded by the room the resident weights
+# leave as well. The wave step runs under the highest register cap: at 192
+# ptxas holds back the last chunks of the backward's read until the first
+# ones land (two round trips; tests/aot.py's `step_critical_path` sees it).
+_WAVE_BYTES = 96 * 1024
+_MAXNREG_WAVE = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +141,12 @@ class LaunchPlan:
     w_resident   the weights stay on chip for the launch (else each step
                  streams them from L2).
     smem_bytes   shared memory the resident weights take per program.
+    step         the step body: "chunked" (each K chunk of the streamed
+                 operand loaded, then multiplied) or "wave" (the loads issued
+                 ahead of the products, `wave_k` chunks in flight; resident
+                 weights only). See `fastlstm.kernels.lstm`.
+    wave_k       K chunks of the streamed operand in flight in the wave step
+                 (at least the product's chunk count: one wave); 0 if chunked.
     """
 
     kernel: str
@@ -131,18 +162,21 @@ class LaunchPlan:
     maxnreg: Optional[int]
     w_resident: bool
     smem_bytes: int
+    step: str = "chunked"
+    wave_k: int = 0
 
     def __str__(self) -> str:
         mode = "persistent" if self.persistent else "per-step"
         where = f"W on chip {self.smem_bytes // 1024} KiB" if self.w_resident else "W streamed"
         proj = f", {self.proj_grid} x {self.block_r} h units" if self.proj_grid else ""
+        wave = f", wave step ({self.wave_k} chunks in flight)" if self.step == "wave" else ""
         return (f"{self.kernel} {mode}: {self.grid[0]} programs x {self.block_h} units{proj}, {where}, "
-                f"BLOCK_B {self.block_b}, BLOCK_K {self.block_k}, {self.num_warps} warps")
+                f"BLOCK_B {self.block_b}, BLOCK_K {self.block_k}, {self.num_warps} warps{wave}")
 
 
 def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count: int, smem_per_block: int,
                 training: bool, kernel: str = "forward", cooperative: bool = True,
-                exact_fp32: bool = False) -> LaunchPlan:
+                exact_fp32: bool = False, step: str = "chunked", units: int = 0) -> LaunchPlan:
     """The launch plan of one layer's forward or backward kernel (pure: no device access).
 
     Args:
@@ -158,6 +192,11 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
         exact_fp32: float32 products in full precision (TF32 off). They run
             on FMA units, whose operands Triton keeps in registers, so the
             weights cannot stay on chip: they are streamed.
+        step: "chunked" (today's step body) or "wave" (see `LaunchPlan`). The
+            wave step needs the weights on chip: where they are streamed the
+            plan keeps "chunked".
+        units: the fewest hidden units a program owns, rounded up to a power
+            of two (0: the plan's choice below).
 
     The grid has one program per `block_h` hidden units, with `block_h` the
     smallest power of two (at least 8) that needs no more programs than SMs,
@@ -178,6 +217,10 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
         raise ValueError(f"launch_plan: kernel must be 'forward' or 'backward', got {kernel!r}")
     if dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f"launch_plan: dtype must be float32, float16 or bfloat16, got {dtype}")
+    if step not in _STEPS:
+        raise ValueError(f"launch_plan: step must be 'chunked' or 'wave', got {step!r}")
+    if units < 0:
+        raise ValueError(f"launch_plan: units must be >= 0 (0: the plan's choice), got {units}")
     if min(batch, hidden, sm_count) < 1 or proj < 0:
         raise ValueError(f"launch_plan: need batch, hidden, sm_count >= 1 and proj >= 0, got "
                          f"batch={batch}, hidden={hidden}, proj={proj}, sm_count={sm_count}")
@@ -185,7 +228,7 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
     elt = torch.empty(0, dtype=dtype).element_size()
     exact = exact_fp32 and dtype == torch.float32
     block_b = min(32, max(16, _next_pow2(batch)))
-    block_h = max(_MIN_UNITS, _next_pow2(_cdiv(H, sm_count)))
+    block_h = max(_MIN_UNITS, _next_pow2(_cdiv(H, sm_count)), _next_pow2(units) if units else 0)
     programs = _cdiv(H, block_h)
     block_r, proj_grid = block_h, 0
     if proj:
@@ -212,13 +255,24 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
         chunk = _STREAMED_CHUNK // 4 if exact else _STREAMED_CHUNK
         block_k = min(block_k, max(16, chunk // (4 * max(block_h, block_r))))
     persistent = programs <= sm_count and (cooperative or programs == 1)
+    step = step if resident else "chunked"
+    wave_bytes = min(_WAVE_BYTES, smem_per_block - smem - _SMEM_SLACK)
+    if step == "wave" and (kernel == "backward" or block_b * padded(R) * elt > wave_bytes):
+        # 16-row tiles where a 32-row tile's read would not be one wave. And
+        # always in the backward: there the pointwise inputs (saved gates, c,
+        # dc) of a 32-row tile go through layout conversions that serialise
+        # their loads (seven round trips, in the SASS), while a 16-row tile
+        # loads them in the same wave as dg[t+1].
+        block_b = 16
+    wave_k = max(1, wave_bytes // (block_b * block_k * elt)) if step == "wave" else 0
+    maxnreg = _MAXNREG_WAVE if step == "wave" else _MAXNREG_RESIDENT if resident else _MAXNREG_STREAMED
     return LaunchPlan(
         kernel=kernel, persistent=persistent, grid=(programs,), proj_grid=proj_grid,
         block_b=block_b, block_h=block_h, block_r=block_r, block_k=block_k, num_warps=_NUM_WARPS,
         # Resident weights leave no room for multi-buffered loads; streamed
         # chunks are worth prefetching.
-        num_stages=1 if resident else 2, maxnreg=_MAXNREG_RESIDENT if resident else _MAXNREG_STREAMED,
-        w_resident=resident, smem_bytes=smem if resident else 0,
+        num_stages=1 if resident else 2, maxnreg=maxnreg,
+        w_resident=resident, smem_bytes=smem if resident else 0, step=step, wave_k=wave_k,
     )
 
 
@@ -252,8 +306,26 @@ def plans_for(x: Tensor, hidden: int, proj: int, training: bool) -> Tuple[Launch
     sm_count, smem, cooperative = _device_limits(x.device)
     args = (x.shape[1], hidden, proj, x.dtype, sm_count, smem, training)
     exact = _dot_precision(x.dtype) == "ieee"
-    fwd = _plan(*args, "forward", cooperative, exact)
-    return fwd, _plan(*args, "backward", cooperative, exact) if training else None
+    step, units = _step_choice(), _units_choice()
+    fwd = _plan(*args, "forward", cooperative, exact, step, units)
+    return fwd, _plan(*args, "backward", cooperative, exact, step, units) if training else None
+
+
+def _step_choice() -> str:
+    """The step body asked for by FASTLSTM_TRITON_STEP ("chunked" unless set),
+    read at each call so that a benchmark can switch it between runs."""
+    step = os.environ.get(_STEP_ENV, "chunked") or "chunked"
+    if step not in _STEPS:
+        raise ValueError(f"{_STEP_ENV} must be 'chunked' or 'wave', got {step!r}")
+    return step
+
+
+def _units_choice() -> int:
+    """The fewest units a program owns asked for by FASTLSTM_TRITON_UNITS (0 unless set)."""
+    units = os.environ.get(_UNITS_ENV, "") or "0"
+    if not units.isdigit():
+        raise ValueError(f"{_UNITS_ENV} must be a whole number of hidden units, got {units!r}")
+    return int(units)
 
 
 @functools.lru_cache(maxsize=None)
@@ -612,6 +684,12 @@ def _chunks(k: int, plan: LaunchPlan) -> int:
     return _cdiv(k, plan.block_k) if plan.w_resident else 1
 
 
+def _step_constexprs(plan: LaunchPlan, batch: int) -> Dict[str, object]:
+    """The step body's compile-time switches (both kernels take the same three)."""
+    wave = plan.step == "wave"
+    return dict(STEP_WAVE=wave, WAVE_K=plan.wave_k if wave else 1, ONE_TILE=wave and batch <= plan.block_b)
+
+
 def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
               w_hr: Optional[Tensor], lens: Optional[Tensor], save: bool, plan: LaunchPlan,
               precision: Optional[str] = None):
@@ -672,7 +750,7 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
         constexprs = dict(
             NUM_KR=_chunks(R, plan), NUM_KH=_chunks(H, plan), EVEN_K=_even(plan, R, H if w_hr is not None else R),
             HAS_PROJ=w_hr is not None, PACKED=lens is not None, SAVE_GATES=save, COPY_OUT=copy_out,
-            DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(x),
+            DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(x), **_step_constexprs(plan, B),
         )
         phases = ({"CELL": True, "PROJECT": False},)
         if w_hr is not None:
@@ -760,6 +838,7 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
         NUM_KG=_chunks(4 * H, plan), NUM_KR=_chunks(R, plan), EVEN_K=_even(plan, 4 * H, R if w_hr is not None else H),
         HAS_PROJ=w_hr is not None,
         PACKED=lens is not None, DOT_PRECISION=_dot_precision(dtype), UPCAST_DOT=_upcast_dot(x),
+        **_step_constexprs(plan, B),
     )
     phases = ({"RECUR": False, "CELL": True},)
     if w_hr is not None:
