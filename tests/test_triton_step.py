@@ -189,10 +189,11 @@ def test_plan_refuses_an_unknown_step():
 
 
 @pytest.mark.parametrize("which", ["forward", "backward"])
-def test_wave_barrier_timeout_is_an_error_naming_the_shape(monkeypatch, which):
+def test_wave_barrier_timeout_gives_nan_and_the_named_error(monkeypatch, which):
     """The split barrier keeps the bounded spin and the error flag: a
     two-program persistent grid under the interpreter (programs run one after
-    another) waits in vain, gives up, and the host raises."""
+    another) waits in vain and gives up; the broken launch's results are NaN
+    and the host raises the named error (here asked for at once)."""
     if not INTERPRETED:
         pytest.skip("on a GPU the persistent grid is co-resident; the interpreter is not")
     monkeypatch.setattr(tb, "_MAX_SPIN", 20)
@@ -207,8 +208,18 @@ def test_wave_barrier_timeout_is_an_error_naming_the_shape(monkeypatch, which):
         return (bad[0], bad[1]) if which == "forward" else (good[0], bad[1])
 
     monkeypatch.setattr(tb, "plans_for", plans_for)
+    # Buffers start as zeros here, not NaN: the NaN must be the kernel's.
+    monkeypatch.setattr(tb, "_empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
+    inputs = {k: (v.to(device=DEVICE, dtype=torch.float32).requires_grad_() if v is not None else None)
+              for k, v in Layer(T=3, B=2, I=3, H=7).inputs().items()}
+    out, h_n, c_n = tb.lstm_layer_triton(*inputs.values())
+    if which == "forward":
+        assert all(t.isnan().all() for t in (out, h_n, c_n)), "a broken forward's outputs must all be NaN"
+    else:
+        (out.sum() + h_n.sum() + c_n.sum()).backward()
+        assert all(v.grad.isnan().all() for v in inputs.values() if v is not None), "gradients must all be NaN"
     with pytest.raises(RuntimeError, match=rf"barrier .*timed out \({which}, T=3, B=2, I=3, H=7, R=7, float32"):
-        _train_once(Layer(T=3, B=2, I=3, H=7))
+        tb.raise_barrier_timeouts(DEVICE)
 
 
 def test_units_per_program_can_be_asked_for(monkeypatch):
