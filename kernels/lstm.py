@@ -23,8 +23,8 @@ memory. Each step runs the same step body in every mode:
 No host-device synchronisation: a persistent launch's barrier counter and
 error flags live in a workspace (`_WS_*`) that the launch leaves at zero for
 the next one (`_end_launch`); a launch whose barrier timed out writes NaN
-into its outputs (`_launch_failed`) and leaves a sticky flag that the host
-reads later without waiting (fastlstm.backends.triton, `_Workspace`).
+into its outputs (`_launch_failed`) and adds one to a sticky count that the
+host reads later without waiting (fastlstm.backends.triton, `_Workspace`).
 
 A step is one phase without projection, two with it (the projection needs all
 of o * tanh(c), which other programs write): the forward's cell phase (CELL)
@@ -159,11 +159,11 @@ def _grid_barrier(p_sync, target, max_spin, p_err):
 
 # The persistent kernels' workspace: one int32 buffer per (device, stream),
 # zeroed once when the host creates it, that every launch leaves as it found
-# it (zeros), apart from the sticky flag.
+# it (zeros), apart from the sticky count.
 _WS_COUNT = tl.constexpr(0)  # barrier arrivals of this launch
 _WS_EXITS = tl.constexpr(1)  # programs that have finished this launch
 _WS_ERR = tl.constexpr(2)  # set when a barrier of this launch timed out
-_WS_STICKY = tl.constexpr(3)  # set, and left set, when any launch's barrier timed out (the host reads and clears it)
+_WS_STICKY = tl.constexpr(3)  # launches whose barrier timed out, counted (the host reads it, never writes it)
 
 
 @triton.jit
@@ -187,8 +187,8 @@ def _launch_failed(p_ws):
 def _end_launch(p_ws):
     """The last program to finish a persistent launch resets the workspace for
     the next launch: the barrier counter, the exit count and the launch's error
-    flag go back to zero, and a set error flag is kept in the sticky flag that
-    the host checks (fastlstm.backends.triton, `_Workspace`).
+    flag go back to zero, and a set error flag adds one to the sticky count
+    that the host checks (fastlstm.backends.triton, `_Workspace`).
 
     Memory ordering: each program calls this after its last barrier and after
     `_launch_failed`; its exit is an acq_rel add, so the program that counts the
@@ -203,7 +203,7 @@ def _end_launch(p_ws):
     exits = tl.atomic_add(p_ws + _WS_EXITS, 1, sem="acq_rel", scope="gpu")
     if exits == tl.num_programs(0) - 1:
         err = tl.atomic_xchg(p_ws + _WS_ERR, 0, sem="acq_rel", scope="gpu")
-        tl.atomic_max(p_ws + _WS_STICKY, err, sem="relaxed", scope="gpu")
+        tl.atomic_add(p_ws + _WS_STICKY, err, sem="relaxed", scope="gpu")
         tl.atomic_xchg(p_ws + _WS_COUNT, 0, sem="relaxed", scope="gpu")
         tl.atomic_xchg(p_ws + _WS_EXITS, 0, sem="relaxed", scope="gpu")
 

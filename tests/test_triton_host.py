@@ -303,3 +303,95 @@ def test_native_compile_reduce_overhead_replays():
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     tb.raise_barrier_timeouts("cuda")
+
+
+# What `_Workspace.launched` is told of a launch: its shape (as `_shape` gives it) and plan.
+_PLAN = tb.launch_plan(2, 7, 0, torch.float32, 1, 227 * 1024, training=True)
+_LAUNCH = (("forward", 3, 2, 3, 7, 7, torch.float32), _PLAN)
+_LAUNCH2 = (("forward", 9, 2, 3, 7, 7, torch.float32), _PLAN)
+
+
+def _cuda_workspace_on_the_cpu(monkeypatch):
+    """A `_Workspace` taking its CUDA branch (pinned copy, event) with CPU tensors
+    and stand-ins for the CUDA calls; `Event.done` says whether the device has
+    caught up with the copy."""
+    import contextlib
+
+    class Event:
+        done = True
+
+        def record(self, stream=None):
+            pass
+
+        def query(self):
+            return Event.done
+
+    real_zeros = torch.zeros
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch, "zeros", lambda *a, pin_memory=False, **k: real_zeros(*a, **k))
+
+    def make():
+        ws = tb._Workspace(torch.device("cpu"))
+        ws.on_cpu, ws.flag = False, None  # the CUDA branch
+        return ws
+
+    return make, Event
+
+
+def test_workspace_first_used_under_inference_mode_serves_later_calls(monkeypatch):
+    """Buffers made at a first call under torch.inference_mode() (evaluation, a
+    serving warm-up) must not be inference tensors: the calls after it, outside
+    inference mode, update them."""
+    make, _ = _cuda_workspace_on_the_cpu(monkeypatch)
+    with torch.inference_mode():
+        ws = make()
+        ws.launched(_LAUNCH)
+    assert not ws.buf.is_inference() and not ws.host.is_inference()
+    ws.check()
+    ws.launched(_LAUNCH)  # copies the count into the pinned buffer again
+    ws.check()
+    from fastlstm.backends._common import DeferredError
+
+    with torch.inference_mode():
+        deferred = DeferredError(torch.device("cpu"), "range")
+    deferred.flag(torch.tensor(False))
+    deferred.check()
+
+
+def test_raise_barrier_timeouts_sees_a_launch_behind_a_copy_in_flight(monkeypatch):
+    """Launch 1 is fine and a copy of the sticky count follows it; launch 2,
+    queued while that copy is in flight, times out. After waiting for the
+    device, raise_barrier_timeouts must report it (it reads the count itself)."""
+    make, Event = _cuda_workspace_on_the_cpu(monkeypatch)
+    ws = make()
+    monkeypatch.setitem(tb._WORKSPACES, (torch.device("cpu"), -1), ws)
+    Event.done = False
+    ws.launched(_LAUNCH)
+    ws.buf[tb._k._WS_STICKY.value] += 1  # layer 2's launch times out
+    ws.launched(_LAUNCH2)
+    Event.done = True  # the device has caught up
+    with pytest.raises(RuntimeError, match=r"timed out \(.*forward, T=9"):  # among the launches it may be
+        tb.raise_barrier_timeouts("cpu")
+    tb.raise_barrier_timeouts("cpu")  # reported once
+
+
+def test_the_host_reads_the_sticky_count_and_never_writes_it():
+    """Each timeout adds one to the count on the device; the host raises when it
+    sees the count grow, and writes nothing back (a write from the host could
+    wipe a timeout of a launch queued after the copy it read)."""
+    ws = tb._Workspace(torch.device("cpu"))
+    sticky = tb._k._WS_STICKY.value
+    ws.launched(_LAUNCH)
+    ws.buf[sticky] += 1
+    with pytest.raises(RuntimeError, match="timed out"):
+        ws.check()
+    assert int(ws.buf[sticky]) == 1
+    ws.launched(_LAUNCH)
+    ws.check()  # nothing new
+    ws.buf[sticky] += 1
+    ws.launched(_LAUNCH2)
+    with pytest.raises(RuntimeError, match=r"timed out \(forward, T=9"):
+        ws.check()

@@ -168,7 +168,9 @@ class DeferredError:
 
     def __init__(self, device: torch.device, message: str):
         self.device, self.message = device, message
-        self.acc = torch.zeros(1, dtype=torch.int32, device=device)
+        # Outside inference mode, so that a first call under it leaves a buffer later calls may update.
+        with torch.inference_mode(False):
+            self.acc = torch.zeros(1, dtype=torch.int32, device=device)
         self.host = None  # pinned, made at the first copy (never while a CUDA graph is captured)
         self.event = None
         self.dirty = False
@@ -183,7 +185,8 @@ class DeferredError:
                 or torch.cuda.is_current_stream_capturing():
             return
         if self.host is None:
-            self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+            with torch.inference_mode(False):
+                self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
         self.host.copy_(self.acc, non_blocking=True)
         self.event = torch.cuda.Event()
         self.event.record()
