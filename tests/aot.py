@@ -229,10 +229,18 @@ _LDG = re.compile(r"\bLDG\.")
 _POLL_FENCE = re.compile(r"\bCCTL\.IVALL\b")
 
 
+def _is_poll(code, i: int) -> bool:
+    """Whether the global load at code[i] is the barrier's acquire poll: the next
+    global load or L1 invalidation within a few instructions is CCTL.IVALL."""
+    after = [o for _, o, _, _ in code[i + 1:i + 9] if _LDG.search(o) or _POLL_FENCE.search(o)]
+    return bool(after) and bool(_POLL_FENCE.search(after[0]))
+
+
 def step_critical_path(cubin: bytes) -> dict:
     """What the SASS of a persistent kernel waits for in one step of its time loop.
 
-    The time loop is the backward branch that spans the most code. Its body is
+    The time loop is the backward branch around the barrier's poll that spans
+    the most code. Its body is
     walked in order, as straight-line code (an inner loop's body once: one
     batch tile, one poll of the barrier), twice over, counting the second
     pass, so that loads issued in one step (a prefetch) and waited for in the
@@ -254,16 +262,16 @@ def step_critical_path(cubin: bytes) -> dict:
         m = re.search(r"\bBRA\b[^0-9]*?(0x[0-9a-f]+)", op)
         if m and int(m.group(1), 16) < addr:
             loops.append((int(m.group(1), 16), addr))
+    # Only a loop around the barrier's poll can be the time loop: the kernels'
+    # other loops (the initial and final copies, the NaN fill of a launch that
+    # timed out) meet no barrier, and some of them span more code.
+    poll_at = [addr for i, (addr, op, _, _) in enumerate(code) if _LDG.search(op) and _is_poll(code, i)]
+    loops = [lp for lp in loops if any(lp[0] <= a <= lp[1] for a in poll_at)]
     if not loops:
         return None
     start, end = max(loops, key=lambda lp: lp[1] - lp[0])
     body = [ins for ins in code if start <= ins[0] <= end]
-    polls = set()
-    for i, (_, op, _, _) in enumerate(body):
-        # the poll: the next global load or L1 invalidation within a few instructions is CCTL.IVALL
-        after = [o for _, o, _, _ in body[i + 1:i + 9] if _LDG.search(o) or _POLL_FENCE.search(o)]
-        if _LDG.search(op) and after and _POLL_FENCE.search(after[0]):
-            polls.add(i)
+    polls = {i for i, (_, op, _, _) in enumerate(body) if _LDG.search(op) and _is_poll(body, i)}
     pending = {sb: [] for sb in range(6)}  # scoreboard -> [(issue position, is a poll)]
     result = {}
     trips, last_wait, issued_ahead, first_wave, at = 0, -1, 0, None, []
