@@ -142,19 +142,8 @@ def _grid_barrier(p_sync, target, max_spin, p_err):
     that gave up still arrives at every later barrier, so the counts stay
     whole).
     """
-    tl.debug_barrier()
-    tl.atomic_add(p_sync, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(p_sync, 0, sem="acquire", scope="gpu")
-    n = 0
-    while (seen < target) & (n < max_spin):
-        seen = tl.atomic_add(p_sync, 0, sem="acquire", scope="gpu")
-        n += 1
-    spin = max_spin
-    if seen < target:
-        tl.atomic_max(p_err, 1, sem="release", scope="gpu")
-        spin = max_spin * 0
-    tl.debug_barrier()
-    return spin
+    _barrier_arrive(p_sync)
+    return _barrier_wait(p_sync, target, max_spin, p_err)
 
 
 # The persistent kernels' workspace: one int32 buffer per (device, stream),
