@@ -327,6 +327,9 @@ def _cuda_workspace_on_the_cpu(monkeypatch):
             return Event.done
 
     real_zeros = torch.zeros
+    # The stand-in workspaces must not outlive the test in the backend's registries.
+    monkeypatch.setattr(tb, "_UNCHECKED", set())
+    monkeypatch.setattr(tb, "_WORKSPACES", {})
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
@@ -367,7 +370,7 @@ def test_raise_barrier_timeouts_sees_a_launch_behind_a_copy_in_flight(monkeypatc
     device, raise_barrier_timeouts must report it (it reads the count itself)."""
     make, Event = _cuda_workspace_on_the_cpu(monkeypatch)
     ws = make()
-    monkeypatch.setitem(tb._WORKSPACES, (torch.device("cpu"), -1), ws)
+    tb._WORKSPACES[(torch.device("cpu"), -1)] = ws
     Event.done = False
     ws.launched(_LAUNCH)
     ws.buf[tb._k._WS_STICKY.value] += 1  # layer 2's launch times out
@@ -378,10 +381,11 @@ def test_raise_barrier_timeouts_sees_a_launch_behind_a_copy_in_flight(monkeypatc
     tb.raise_barrier_timeouts("cpu")  # reported once
 
 
-def test_the_host_reads_the_sticky_count_and_never_writes_it():
+def test_the_host_reads_the_sticky_count_and_never_writes_it(monkeypatch):
     """Each timeout adds one to the count on the device; the host raises when it
     sees the count grow, and writes nothing back (a write from the host could
     wipe a timeout of a launch queued after the copy it read)."""
+    monkeypatch.setattr(tb, "_UNCHECKED", set())
     ws = tb._Workspace(torch.device("cpu"))
     sticky = tb._k._WS_STICKY.value
     ws.launched(_LAUNCH)
