@@ -17,8 +17,13 @@ memory, tensor-core instructions, whether the time loop loads the weights
 from global memory, and, for the wave step's variants and today's step at
 cuDNN's persistent case, the step's critical path read off the SASS
 (`step_critical_path`: memory round trips after the barrier, CTA barriers,
-the longest chain of dependent tensor-core instructions).
+the longest chain of dependent tensor-core instructions). Each row also
+carries `sass_sha256`, a digest of the SASS instructions alone
+(`sass_digest`), so that two runs can be compared variant by variant: a
+refactoring that should leave the compiled code alone must leave every
+digest unchanged.
 """
+import hashlib
 import json
 import os
 import re
@@ -187,6 +192,18 @@ def _sass(cubin: bytes) -> str:
         with open(path, "wb") as f:
             f.write(cubin)
         return subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
+
+
+_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+[^;]*;")
+
+
+def sass_digest(cubin: bytes) -> str:
+    """The SHA-256 of a cubin's SASS instructions, each as its `/*address*/ INSTR ;`
+    text with runs of blanks made one, one a line: no header lines (the
+    function's name, sections) and no encodings. Equal digests mean the same
+    code, instruction for instruction."""
+    text = "\n".join(" ".join(m.group(0).split()) for m in _INSTRUCTION.finditer(_sass(cubin)))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def spills_inside_steps(cubin: bytes) -> int:
@@ -390,6 +407,7 @@ def _compile(kernel, plan, grid, kwargs, arch, gpu, config):
         "spills_inside_steps": spills_inside_steps(compiled.asm["cubin"]) if spills else 0,
         "shared": compiled.metadata.shared, "tensor_core": sorted(set(_TENSOR_CORE.findall(ptx))),
         "weight_loads_in_loop": weight_loads_in_time_loop(compiled.asm["ttgir"]),
+        "sass_sha256": sass_digest(compiled.asm["cubin"]),
         "compile_seconds": round(seconds, 2), "control": None,
     }
 
