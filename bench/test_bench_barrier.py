@@ -1,5 +1,5 @@
 """The grid barrier alone: a persistent launch whose programs only meet the
-barrier, T times (`fastlstm.kernels.lstm.barrier_loop_kernel`). Its time per
+barrier, T times (`fastlstm.kernels.barrier.barrier_loop_kernel`). Its time per
 step is the synchronisation floor of every persistent LSTM step; the target
 for beating cuDNN's persistent fp16 kernel is about 1 us a step, barrier
 included. CUDA only (the interpreter runs programs one after another, so a

@@ -41,6 +41,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
 from fastlstm.backends import triton as tb  # noqa: E402
+from fastlstm.kernels import lstm_bwd, lstm_fwd  # noqa: E402
 
 # What a plan needs to know of each GPU (opt-in shared memory per block, per SM).
 GPUS = {
@@ -116,9 +117,9 @@ class _Recorder:
 def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu, steps=2, step="chunked"):
     """[(kernel, plan, grid, kwargs)] for one layer call on `gpu`, as the backend builds them
     (`step`: the plan's step body, "chunked" or "wave")."""
-    fwd_rec, bwd_rec = _Recorder(tb._k.lstm_fwd_kernel), _Recorder(tb._k.lstm_bwd_kernel)
-    real = tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel
-    tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel = fwd_rec, bwd_rec
+    fwd_rec, bwd_rec = _Recorder(lstm_fwd.lstm_fwd_kernel), _Recorder(lstm_bwd.lstm_bwd_kernel)
+    real = lstm_fwd.lstm_fwd_kernel, lstm_bwd.lstm_bwd_kernel
+    lstm_fwd.lstm_fwd_kernel, lstm_bwd.lstm_bwd_kernel = fwd_rec, bwd_rec
     try:
         dt = getattr(torch, dtype)
         T, B, H, R = steps, batch, hidden, proj or hidden
@@ -136,7 +137,7 @@ def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, g
                 tb._lstm_bwd(z(T, B, R), z(B, R), z(B, H), x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
                              (True,) * 7, bwd_plan)
     finally:
-        tb._k.lstm_fwd_kernel, tb._k.lstm_bwd_kernel = real
+        lstm_fwd.lstm_fwd_kernel, lstm_bwd.lstm_bwd_kernel = real
     result = [(real[0], fwd_plan, *launch) for launch in fwd_rec.launches]
     result += [(real[1], bwd_plan, *launch) for launch in bwd_rec.launches]
     for _, plan, _, kwargs in result:

@@ -43,6 +43,8 @@ from helpers import Case, assert_same, run
 
 triton = pytest.importorskip("triton")
 from fastlstm.backends import triton as tb  # noqa: E402
+from fastlstm.kernels import lstm_bwd as k_bwd  # noqa: E402
+from fastlstm.kernels import lstm_fwd as k_fwd  # noqa: E402
 
 DEVICE = "cuda" if os.environ.get("FASTLSTM_TEST_NATIVE", "0") == "1" else "cpu"
 INTERPRETED = DEVICE == "cpu"
@@ -461,9 +463,9 @@ def recorded(monkeypatch):
     on a GPU the per-step fallback launches the compiled kernel directly)."""
     if not INTERPRETED:
         pytest.skip("launches are recorded under the interpreter")
-    fwd, bwd = _Recorder(tb._k.lstm_fwd_kernel), _Recorder(tb._k.lstm_bwd_kernel)
-    monkeypatch.setattr(tb._k, "lstm_fwd_kernel", fwd)
-    monkeypatch.setattr(tb._k, "lstm_bwd_kernel", bwd)
+    fwd, bwd = _Recorder(k_fwd.lstm_fwd_kernel), _Recorder(k_bwd.lstm_bwd_kernel)
+    monkeypatch.setattr(k_fwd, "lstm_fwd_kernel", fwd)
+    monkeypatch.setattr(k_bwd, "lstm_bwd_kernel", bwd)
     return fwd, bwd
 
 
@@ -570,7 +572,7 @@ def test_per_step_fallback_on_a_gpu_compiles_once_and_launches_the_compiled_kern
             return run
 
     class Kernel:
-        fn = tb._k.lstm_fwd_kernel.fn
+        fn = k_fwd.lstm_fwd_kernel.fn
 
         def warmup(self, *args, grid, **options):
             warmed.append((grid, options))

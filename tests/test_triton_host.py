@@ -19,6 +19,9 @@ from fastlstm.backends import jit as jb
 
 triton = pytest.importorskip("triton")
 from fastlstm.backends import triton as tb  # noqa: E402
+from fastlstm.kernels import barrier as k_barrier  # noqa: E402
+from fastlstm.kernels import lstm_bwd as k_bwd  # noqa: E402
+from fastlstm.kernels import lstm_fwd as k_fwd  # noqa: E402
 
 NATIVE = os.environ.get("FASTLSTM_TEST_NATIVE", "0") == "1"
 DEVICE = "cuda" if NATIVE else "cpu"
@@ -74,8 +77,8 @@ def watched(monkeypatch):
     if NATIVE:
         pytest.skip("the launches are watched under the interpreter")
     log = OpLog()
-    monkeypatch.setattr(tb._k, "lstm_fwd_kernel", _Watched(tb._k.lstm_fwd_kernel, log))
-    monkeypatch.setattr(tb._k, "lstm_bwd_kernel", _Watched(tb._k.lstm_bwd_kernel, log))
+    monkeypatch.setattr(k_fwd, "lstm_fwd_kernel", _Watched(k_fwd.lstm_fwd_kernel, log))
+    monkeypatch.setattr(k_bwd, "lstm_bwd_kernel", _Watched(k_bwd.lstm_bwd_kernel, log))
     return log
 
 
@@ -374,7 +377,7 @@ def test_raise_barrier_timeouts_sees_a_launch_behind_a_copy_in_flight(monkeypatc
     tb._WORKSPACES[(torch.device("cpu"), -1)] = ws
     Event.done = False
     ws.launched(_LAUNCH)
-    ws.buf[tb._k._WS_STICKY.value] += 1  # layer 2's launch times out
+    ws.buf[k_barrier._WS_STICKY.value] += 1  # layer 2's launch times out
     ws.launched(_LAUNCH2)
     Event.done = True  # the device has caught up
     with pytest.raises(RuntimeError, match=r"timed out \(.*forward, T=9"):  # among the launches it may be
@@ -388,7 +391,7 @@ def test_the_host_reads_the_sticky_count_and_never_writes_it(monkeypatch):
     wipe a timeout of a launch queued after the copy it read)."""
     monkeypatch.setattr(tb, "_UNCHECKED", set())
     ws = tb._Workspace(torch.device("cpu"))
-    sticky = tb._k._WS_STICKY.value
+    sticky = k_barrier._WS_STICKY.value
     ws.launched(_LAUNCH)
     ws.buf[sticky] += 1
     with pytest.raises(RuntimeError, match="timed out"):

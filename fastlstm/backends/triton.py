@@ -1,8 +1,11 @@
 """The Triton backend: one LSTM layer, one direction, in one persistent launch.
 
 Pieces, by name:
-    kernels          `fastlstm.kernels.lstm`: `lstm_fwd_kernel`,
-                     `lstm_bwd_kernel` (only `@triton.jit` code).
+    kernels          `fastlstm.kernels` (only `@triton.jit` code):
+                     `lstm_fwd.lstm_fwd_kernel`, `lstm_bwd.lstm_bwd_kernel`,
+                     the tiles and products they share (`tiles`) and the
+                     grid barrier (`barrier`). Looked up at each call
+                     through their modules, so that tests can swap them.
     launch plan      `launch_plan` -> `LaunchPlan`: persistent or per step,
                      the grid, the block sizes, where the weights live.
     launchers        `_launch` (one kernel over all steps, persistent or step
@@ -39,7 +42,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..kernels import lstm as _k
+from ..kernels import barrier as _barrier
+from ..kernels import lstm_bwd as _bwd
+from ..kernels import lstm_fwd as _fwd
 from ._common import (differentiable_backward, has_no_data, host_to_device, needs_autograd, reference_grads, sequence_lengths,
                       transforms_active)
 from .reference import lstm_layer_reference
@@ -144,7 +149,7 @@ class LaunchPlan:
     step         the step body: "chunked" (each K chunk of the streamed
                  operand loaded, then multiplied) or "wave" (the loads issued
                  ahead of the products, `wave_k` chunks in flight; resident
-                 weights only). See `fastlstm.kernels.lstm`.
+                 weights only). See `fastlstm.kernels`.
     wave_k       K chunks of the streamed operand in flight in the wave step
                  (at least the product's chunk count: one wave); 0 if chunked.
     """
@@ -365,7 +370,7 @@ def _cudnn_rnn():
 
 def _upcast_dot(t: Tensor) -> bool:
     # CPU tensors only run under the interpreter, whose bf16 tl.dot is wrong
-    # (it multiplies raw bit patterns); see the note in fastlstm.kernels.lstm.
+    # (it multiplies raw bit patterns); see the note in fastlstm.kernels.tiles.
     return t.device.type == "cpu" and t.dtype == torch.bfloat16
 
 
@@ -449,7 +454,7 @@ class _Prepared:
             per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
             starts = list(range(0, steps, per_launch))
             # Each launch leaves the workspace's counter at zero for the next
-            # one (kernels.lstm._end_launch): nothing to reset between them.
+            # one (kernels.barrier._end_launch): nothing to reset between them.
             self.launches = [(plan.grid, dict(self.constexprs, **switches, t0=t0, t1=min(steps, t0 + per_launch),
                                               max_spin=_MAX_SPIN, PERSISTENT=True, **options))
                              for t0 in (reversed(starts) if reverse else starts)]
@@ -489,7 +494,7 @@ _TIMEOUT_MESSAGE = ("fastlstm: a barrier of the persistent Triton LSTM kernel ti
 class _Workspace:
     """The persistent kernels' int32 workspace on one (device, stream): the
     barrier counter, the exit count, the launch's error flag and the sticky
-    count (`kernels.lstm._WS_*`), zeroed once here and left at zero by every
+    count (`kernels.barrier._WS_*`), zeroed once here and left at zero by every
     launch except the sticky count, which a launch whose barrier timed out
     increments.
 
@@ -524,7 +529,7 @@ class _Workspace:
         # The sticky count as the host sees it: on the CPU the buffer itself;
         # on CUDA a pinned copy, made at the first copy.
         self.host = None
-        self.flag = self.buf.numpy()[_k._WS_STICKY.value:] if self.on_cpu else None
+        self.flag = self.buf.numpy()[_barrier._WS_STICKY.value:] if self.on_cpu else None
         self.seen = 0  # timeouts already reported
         self.event = None  # the CUDA event after the copy in flight
         self.covered: List[tuple] = []  # (shape, plan) of the launches the copy in flight (or the CPU flag) covers
@@ -548,7 +553,7 @@ class _Workspace:
             if self.host is None:
                 self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
                 self.flag = self.host.numpy()
-            self.host.copy_(self.buf[_k._WS_STICKY.value:], non_blocking=True)
+            self.host.copy_(self.buf[_barrier._WS_STICKY.value:], non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record(self.stream)
         self.covered, self.pending = self.pending, []
@@ -573,7 +578,7 @@ class _Workspace:
 
     def check_now(self) -> None:
         """`check`, reading the device's count itself (waits for it)."""
-        count = int(self.buf[_k._WS_STICKY.value])
+        count = int(self.buf[_barrier._WS_STICKY.value])
         if count != self.seen:
             self.seen = count
             if count:
@@ -663,7 +668,7 @@ def barrier_loop(programs: int, steps: int, device) -> Tensor:
     Returns the (2,) int32 [arrivals, error flag] buffer, without waiting."""
     sync = torch.zeros(2, dtype=torch.int32, device=device)
     options = {"launch_cooperative_grid": True} if sync.is_cuda and not _interpreting() else {}
-    _k.barrier_loop_kernel[(programs,)](sync[0:1], sync[1:2], steps, _MAX_SPIN, num_warps=4, **options)
+    _barrier.barrier_loop_kernel[(programs,)](sync[0:1], sync[1:2], steps, _MAX_SPIN, num_warps=4, **options)
     return sync
 
 
@@ -801,11 +806,11 @@ def _lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bia
             phases = ({"CELL": True, "PROJECT": False}, {"CELL": False, "PROJECT": True})
         if len(_FWD_CACHE) >= _CACHE_SIZE:
             _FWD_CACHE.clear()
-        cached = _FWD_CACHE[key] = (sizes, _Prepared(_k.lstm_fwd_kernel, plan, constexprs, T, phases, False, dev),
+        cached = _FWD_CACHE[key] = (sizes, _Prepared(_fwd.lstm_fwd_kernel, plan, constexprs, T, phases, False, dev),
                                     _shape(x, H, R, "forward"))
     sizes, prep, shape = cached
-    if prep.kernel is not _k.lstm_fwd_kernel:  # the kernel was swapped (tests): prepare again
-        prep = _Prepared(_k.lstm_fwd_kernel, plan, prep.constexprs, T, prep.phases, False, dev)
+    if prep.kernel is not _fwd.lstm_fwd_kernel:  # the kernel was swapped (tests): prepare again
+        prep = _Prepared(_fwd.lstm_fwd_kernel, plan, prep.constexprs, T, prep.phases, False, dev)
     params = dict(
         sizes, p_xg=xg, p_w=w_hh, p_wr=w_hr if w_hr is not None else w_hh, p_h0=h0, p_hs=hs, p_c=cs,
         p_gates=gates if gates is not None else cs, p_hc=hc if hc is not None else hs, p_out=out,
@@ -887,7 +892,7 @@ def _lstm_bwd(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, h0: Tensor, 
     phases = ({"RECUR": False, "CELL": True},)
     if w_hr is not None:
         phases = ({"RECUR": True, "CELL": False}, {"RECUR": False, "CELL": True})
-    _launch(_k.lstm_bwd_kernel, plan, params, constexprs, T, phases, reverse=True,
+    _launch(_bwd.lstm_bwd_kernel, plan, params, constexprs, T, phases, reverse=True,
             shape=_shape(x, H, R, "backward"))
 
     need_x, need_h0, need_c0, need_wih, need_whh, need_b, need_whr = needs
