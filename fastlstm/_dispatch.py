@@ -11,6 +11,8 @@ from typing import Callable, List, Optional, Union
 import torch
 from torch import Tensor
 
+from .device import default_device, gpu, simulated
+
 BACKENDS = ("auto", "jit", "triton", "reference")
 
 
@@ -41,8 +43,9 @@ def triton_unavailable_reason(x) -> Optional[str]:
         return f"Triton does not run on device type {device.type!r}"
     if not _triton_installed():
         return "the 'triton' package is not installed (pip install 'fastlstm[triton]')"
-    if device.type == "cuda" and not interpret:
-        return _cuda_unsupported_reason(device.index)
+    g = gpu(device)
+    if g is not None and (g.simulated or not interpret):
+        return _capability_reason(g.properties.capability, torch.version.hip is not None)
     return None
 
 
@@ -50,13 +53,11 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_unsupported_reason(index: Optional[int]) -> Optional[str]:
-    """Checked once per device, at the first forward on it (never at import)."""
-    if torch.version.hip is not None:
-        return None
-    major, minor = torch.cuda.get_device_capability(index)
-    if (major, minor) < (7, 5):
+def _capability_reason(capability, hip: bool) -> Optional[str]:
+    """Triton's NVIDIA backend needs compute capability 7.5 (ROCm: no such bound).
+    Asked at the first forward on a device (never at import)."""
+    major, minor = capability
+    if not hip and (major, minor) < (7, 5):
         return f"Triton needs compute capability 7.5 or newer, this GPU has {major}.{minor}"
     return None
 
@@ -65,8 +66,9 @@ def available_backends(x: Union[Tensor, torch.device, str, None] = None) -> List
     """The values of `backend=` that can run here, for tensors like `x`.
 
     `x` is a tensor, a device or a device string; None (the default) means
-    this machine's usual device: CUDA when `torch.cuda.is_available()`, else
-    the CPU (asking is when that is probed, never at import). "auto", "jit"
+    this machine's usual device: CUDA when `torch.cuda.is_available()` (or the
+    simulated GPU, see `fastlstm.device`), else the CPU (asking is when that is
+    probed, never at import). "auto", "jit"
     and "reference" always run; "triton" is listed when it can run on that
     device (CUDA with Triton installed and compute capability 7.5 or newer, or
     the CPU under `TRITON_INTERPRET=1`); `triton_unavailable_reason(x)` says
@@ -78,7 +80,7 @@ def available_backends(x: Union[Tensor, torch.device, str, None] = None) -> List
         ['auto', 'jit', 'reference']
     """
     if x is None:
-        x = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        x = default_device()
     names = ["auto", "jit", "reference"]
     if triton_unavailable_reason(x) is None:
         names.insert(2, "triton")
@@ -90,7 +92,7 @@ def _concrete_backend(name: str, x: Tensor) -> str:
     check_backend_name(name)
     if name == "auto":
         name = "jit"
-        if x.device.type == "cuda" and x.dtype != torch.float64 and triton_unavailable_reason(x) is None:
+        if gpu(x) is not None and x.dtype != torch.float64 and triton_unavailable_reason(x) is None:
             name = "triton"
     if name == "triton":
         reason = triton_unavailable_reason(x)
@@ -124,7 +126,7 @@ _JIT_CELL: list = []
 
 def resolve_cell_backend(name: str, x: Tensor) -> Callable:
     """Return the cell primitive (see `fastlstm.backends`) that runs `x` for `name`."""
-    if x.is_cpu and (name == "auto" or name == "jit") and _JIT_CELL:
+    if x.is_cpu and (name == "jit" or (name == "auto" and simulated() is None)) and _JIT_CELL:
         return _JIT_CELL[0]  # an LSTMCell stepped on the CPU comes here every step
     name = _concrete_backend(name, x)
     if name == "jit":

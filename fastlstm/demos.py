@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .baselines import TutorialLSTM
+from .device import gpu
 from .modules import LSTM, LSTMCell
 from .profile.progress import ProgressLine
 
@@ -225,8 +226,8 @@ def _make_optimizer(name: str, params, lr: Optional[float]):
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if gpu(device) is not None:
+        gpu(device).synchronize()
 
 
 def _time_side_by_side(models: Dict[str, _CharModel], opts: dict, batches, clip: float,

@@ -6,6 +6,8 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
+from ..device import gpu
+
 
 def script_quietly(fn):
     """torch.jit.script(fn) without the deprecation warning torch 2.13 gives
@@ -138,9 +140,15 @@ def host_to_device(t: Tensor, device: torch.device) -> Tensor:
     through pinned memory and a non-blocking copy (a copy from pageable memory
     synchronises the stream). The caching host allocator keeps the pinned block
     until the copy has run."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    g = gpu(device)
+    return g.to_device(t) if g is not None else t.to(device)
+
+
+def on_host(t: Tensor) -> bool:
+    """Whether `t` lives in host memory with no device to wait for: a CPU
+    tensor, unless a GPU is simulated there (then it is that GPU's, and the
+    host code takes the GPU's paths; see fastlstm.device)."""
+    return t.device.type == "cpu" and gpu(t) is None
 
 
 def has_no_data(t: Tensor) -> bool:
@@ -168,6 +176,7 @@ class DeferredError:
 
     def __init__(self, device: torch.device, message: str):
         self.device, self.message = device, message
+        self.gpu = gpu(device)  # None: the CPU, nothing to wait for
         # Outside inference mode, so that a first call under it leaves a buffer later calls may update.
         with torch.inference_mode(False):
             self.acc = torch.zeros(1, dtype=torch.int32, device=device)
@@ -181,24 +190,25 @@ class DeferredError:
         self._copy()
 
     def _copy(self) -> None:
-        if self.event is not None or not self.dirty or self.device.type != "cuda" \
-                or torch.cuda.is_current_stream_capturing():
+        g = self.gpu
+        if self.event is not None or not self.dirty or g is None or g.is_capturing():
             return
         if self.host is None:
             with torch.inference_mode(False):
-                self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+                self.host = g.pinned_zeros(1, torch.int32)
         self.host.copy_(self.acc, non_blocking=True)
-        self.event = torch.cuda.Event()
+        self.event = g.event()
         self.event.record()
         self.dirty = False
 
     def check(self) -> None:
         """Raise the error if a finished copy saw it set (then clear it). On the
         CPU the accumulator itself is read (it is host memory)."""
-        if self.device.type == "cpu":
+        g = self.gpu
+        if g is None:
             seen = self.acc.numpy()
         else:
-            if self.event is None or torch.cuda.is_current_stream_capturing() or not self.event.query():
+            if self.event is None or g.is_capturing() or not self.event.query():
                 return
             self.event = None
             seen = self.host.numpy()

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._common import (DeferredError, FunctionCtx, ScriptedOnce, differentiable_backward, has_no_data,
+from ._common import (DeferredError, FunctionCtx, ScriptedOnce, differentiable_backward, has_no_data, on_host,
                       needs_autograd, reference_grads, transforms_active)
 from .reference import lstm_layer_reference
 
@@ -565,7 +565,7 @@ class LSTMJitFunction(torch.autograd.Function):
         # The weights' range decides whether the scaled steps are exact. On the
         # CPU it is read (no device to wait for; cached per weight version);
         # elsewhere it is checked on the device without a read (`_flag_on_device`).
-        on_cpu = x.device.type == "cpu"
+        on_cpu = on_host(x)
         ctx.unscaled = on_cpu and not plain and not _scaling_is_finite(w_ih, w_hh, b_ih, b_hh, w_hr)
         if ctx.unscaled:
             # Weights whose power-of-two scalings would overflow: the reference
@@ -674,7 +674,8 @@ def lstm_layer_jit(
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if transforms_active(*tensors):
         return lstm_layer_reference(*tensors, batch_sizes)
-    if x.device.type != "cpu" and not has_no_data(x):
+    on_cpu = on_host(x)
+    if not on_cpu and not has_no_data(x):
         _check_device(x.device)
     if needs_autograd(*tensors):
         result = LSTMJitFunction.apply(*tensors, batch_sizes, True)
@@ -684,7 +685,7 @@ def lstm_layer_jit(
         result = LSTMJitFunction.forward(FunctionCtx(args), *args)
         if _plain(x.shape[1], c0.shape[1], False):
             return result  # nothing was scaled, so nothing can have overflowed
-    if x.device.type != "cpu" or x.dtype in _HALF_TYPES or x.shape[0] == 0 or has_no_data(x):
+    if not on_cpu or x.dtype in _HALF_TYPES or x.shape[0] == 0 or has_no_data(x):
         # Off the CPU the range was checked on the device, uncached; half
         # types run in float32, whose range holds them; no data, no overflow.
         return result

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
+from ..device import gpu
 from .env import LoadMonitor, busy, cores_in_use, device_name
 from .files import RESULT_FIELDS, ProfileFiles, baseline_name, write_results
 from .grids import GPU_AXES, GPU_BACKENDS, GPU_DRY_AXES, GPU_DRY_BACKENDS, GPU_DRY_EXTRAS, GPU_EXTRAS, GPU_REPEATS, \
@@ -236,7 +237,7 @@ def _gpu_default(args) -> bool:
     if args.full or args.quick or args.grid is not None or args.batch or args.seq_lens:
         return False
     try:
-        return resolve_device(args.device).type == "cuda"
+        return gpu(resolve_device(args.device)) is not None
     except ValueError:
         return False  # _prepare reports it
 
@@ -394,13 +395,13 @@ def _compile_first(args, st: dict, device: torch.device, names: List[str], extra
     (see warm.py); their records go to warm.json in --out."""
     workers = args.compile_workers
     if workers is None:
-        workers = min(14, max(1, (os.cpu_count() or 1) - 2)) if device.type == "cuda" and args.grid else 0
+        workers = min(14, max(1, (os.cpu_count() or 1) - 2)) if gpu(device) is not None and args.grid else 0
     if workers <= 0:
         return
     if "layer" not in st["workloads"]:
         return
     jobs = warm_jobs(st["dtypes"], st["hiddens"], st["batches"], st["seq_lens"], names,
-                     [sweep for sweep, _ in extras], stand_in=None if device.type == "cuda" else "jit",
+                     [sweep for sweep, _ in extras], stand_in=None if gpu(device) is not None else "jit",
                      layers=args.layers, bidirectional=args.bidirectional, packed=args.packed)
     if not jobs:
         return
@@ -427,7 +428,7 @@ def _png_path(out: str, groups: list, dtype: str, hidden: int) -> str:
 
 def _load_note(device: torch.device, before, run_max, threads: int) -> str:
     """A line on the load: whether others ran before (`before`: cores in use) or during the run."""
-    if (device.type == "cpu" and before is not None and before >= 0.5) or busy(run_max, threads):
+    if (gpu(device) is None and before is not None and before >= 0.5) or busy(run_max, threads):
         said = [f"{before:.2f} cores in use before the run" if before is not None else "",
                 f"a load average of at most {run_max:.2f} during it" if run_max is not None else ""]
         return (f"The machine was busy: {' and '.join(w for w in said if w)}, with {threads} torch threads on "
@@ -452,7 +453,8 @@ def _summarize(args, st: dict, device: torch.device, asked: List[str], files: Pr
             raise _fail(f"--results {args.results}: could not update it ({e}); the rows are in {files.json_path}")
         paths.append(f"{args.results} ({written} rows)")
     print("Peak memory: growth during one call over what was in use before it "
-          + ("(torch.cuda.max_memory_allocated)." if device.type == "cuda" else
+          + ("(torch.cuda.max_memory_allocated; on a simulated GPU the tensors alive at once)."
+             if gpu(device) is not None else
              "(peak resident set of a subprocess, glibc returning freed memory; see fastlstm/profile/memory.py)."))
     print("Times are medians of interleaved runs; on a shared machine read the ratios, not the absolutes.")
     print("Wrote " + ", ".join(paths))

@@ -10,6 +10,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..device import gpu
+
 
 def git_commit() -> Optional[str]:
     """The short commit of the checkout fastlstm runs from (with "-dirty" when it has
@@ -37,8 +39,9 @@ def _package_version(name: str) -> Optional[str]:
 
 def device_name(device: torch.device) -> str:
     """A readable name for `device`: the GPU's name, or the CPU model."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    g = gpu(device)
+    if g is not None:
+        return g.properties.name
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -6,6 +6,7 @@ from typing import List
 
 import torch
 
+from ..device import gpu
 from .models import FASTLSTM_BACKENDS
 from .run import FIELDS
 
@@ -67,11 +68,12 @@ class ProfileFiles:
 
 
 def baseline_name(device: torch.device) -> str:
-    """The library nn.LSTM runs on at `device`: "cudnn" on CUDA, "onednn" on the CPU
-    ("aten" where that library is off or missing)."""
-    if device.type == "cuda":
-        on = torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
-        return "cudnn" if on else "aten"
+    """The library nn.LSTM runs on at `device`: "cudnn" on a GPU (CUDA, or simulated:
+    the library it stands for), "onednn" on the CPU ("aten" where that library is
+    off or missing)."""
+    g = gpu(device)
+    if g is not None:
+        return "cudnn" if g.cudnn_enabled() else "aten"
     return "onednn" if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else "aten"
 
 

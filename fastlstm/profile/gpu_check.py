@@ -27,9 +27,11 @@ Everything goes to `--out`, by default bench/results/gpu-<date>-<commit>/ of the
 checkout: that folder is what gets committed. summary.json says how each stage
 ended; the exit status is 0 only if every stage passed.
 
-`--dry` runs the same stages on the CPU under Triton's interpreter, with tiny
-shapes (a few Triton tests, the barrier benchmark skipping itself off CUDA, the
-`gpu-dry` grid) and a temporary folder by default: CI runs it
+`--dry` runs the same stages on the CPU, on a simulated H100
+(FASTLSTM_SIMULATE_GPU=H100 under Triton's interpreter, unless the environment
+names another GPU; see fastlstm.device), with tiny shapes (a few Triton tests,
+the barrier benchmark for a few steps, the `gpu-dry` grid) and a temporary
+folder by default: every stage takes its GPU paths, and CI runs it
 (tests/test_gpu_check.py), so this command cannot rot between GPU runs.
 
 Time on an H100-class GPU (estimates from the H200's figures, not yet
@@ -59,6 +61,7 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Sequence
 
+from ..device import SIMULATE_ENV
 from .warm import REPO, start_logged, wait_all
 
 # The tests whose cases run the compiled kernels on the GPU natively (the rest of
@@ -110,7 +113,7 @@ def environment_record() -> dict:
     the TF32 settings, FlashRNN, Python and the commit."""
     import torch
 
-    from .. import precision
+    from .. import device, precision
     from .env import git_commit
 
     rec = {
@@ -120,6 +123,7 @@ def environment_record() -> dict:
         "cuda_runtime": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "flashrnn": _version("flashrnn"), "driver": None, "gpus": [],
+        "simulated_gpu": device.simulated().name if device.simulated() is not None else None,
     }
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
@@ -129,12 +133,13 @@ def environment_record() -> dict:
             rec["driver"] = rec["nvidia_smi"][0].split(",")[1].strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            p = torch.cuda.get_device_properties(i)
-            rec["gpus"].append({"name": p.name, "capability": f"{p.major}.{p.minor}",
-                                "sm_count": p.multi_processor_count, "memory_bytes": p.total_memory,
-                                "smem_per_block_optin": getattr(p, "shared_memory_per_block_optin", None)})
+    gpus = [device.gpu(f"cuda:{i}") for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else [device.simulated()] if device.simulated() is not None else []
+    for g in gpus:
+        p = g.properties
+        rec["gpus"].append({"name": p.name, "capability": "{}.{}".format(*p.capability), "sm_count": p.sm_count,
+                            "memory_bytes": p.total_memory, "smem_per_block_optin": p.smem_per_block})
+    if gpus:
         rec["tf32"] = {"cudnn": precision.cudnn_tf32() if rec["triton"] else None,
                        "matmul": precision.matmul_tf32()}
     return rec
@@ -154,9 +159,10 @@ def _native(out: str, dry: bool, shards: int, timeout: float) -> dict:
         env = dict(os.environ, FASTLSTM_TEST_SHARD=f"{i}/{shards}", PYTHONUNBUFFERED="1")
         env.pop("TRITON_INTERPRET", None)
         if dry:
-            env.pop("FASTLSTM_TEST_NATIVE", None)
+            env.pop("FASTLSTM_TEST_NATIVE", None)  # the interpreter (tests/conftest.py), on the simulated GPU
         else:
             env["FASTLSTM_TEST_NATIVE"] = "1"
+            env.pop(SIMULATE_ENV, None)
         cmd = [_python(), "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
                f"--junitxml={os.path.join(out, f'native-{i}.xml')}", *NATIVE_TESTS]
         if dry:
@@ -245,12 +251,9 @@ def _barrier(out: str, dry: bool, timeout: float) -> dict:
 def _profile(out: str, dry: bool, warmers: int, timeout: float) -> dict:
     """`fastlstm profile --grid gpu` (gpu-dry under --dry), compiling its kernels
     in `warmers` processes first; Ctrl-C 20 s before the timeout keeps its rows."""
-    device = "cpu" if dry else "cuda"
     start = time.monotonic()
-    cmd = [_python(), "-m", "fastlstm", "profile", "--device", device, "--grid", "gpu-dry" if dry else "gpu",
+    cmd = [_python(), "-m", "fastlstm", "profile", "--device", "cuda", "--grid", "gpu-dry" if dry else "gpu",
            "--out", out, "--results", os.path.join(out, "results.json"), "--compile-workers", str(warmers)]
-    if dry:
-        cmd.append("--no-memory")
     proc = start_logged(cmd, os.path.join(out, "profile.log"), dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160"))
     clean = wait_all([proc], start + timeout, interrupt_before=20)
     result = {"returncode": proc.returncode}
@@ -313,13 +316,13 @@ def run_stage(name: str, out: str, dry: bool, timeout: float, shards: int, warme
                            os.path.join(out, "environment.json")], os.path.join(out, "env.log"))
             clean = wait_all([proc], time.monotonic() + timeout)
             ok = clean and proc.returncode == 0
-            if ok and not dry:
+            if ok:
                 with open(os.path.join(out, "environment.json")) as f:
-                    if not json.load(f)["cuda_available"]:
-                        ok = False
+                    rec = json.load(f)
+                ok = bool(rec["gpus"]) and (dry or rec["cuda_available"])
             result = {"status": "passed" if ok else "timeout" if not clean else "failed",
-                      "note": "" if ok else ("no CUDA GPU seen by torch" if clean and proc.returncode == 0
-                                             else f"exit status {proc.returncode}")}
+                      "note": "" if ok else (("no simulated GPU" if dry else "no CUDA GPU seen by torch")
+                                             if clean and proc.returncode == 0 else f"exit status {proc.returncode}")}
         elif name == "native":
             result = _native(out, dry, shards, timeout)
         elif name == "barrier":
@@ -371,6 +374,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     warmers = args.warmers if args.warmers is not None else 2 if args.dry else 14
     if shards < 1 or warmers < 1:
         p.error("--shards and --warmers must be at least 1")
+    if args.dry:
+        # Every stage's processes inherit the simulated GPU (and the interpreter it runs on).
+        os.environ["TRITON_INTERPRET"] = "1"
+        os.environ.setdefault(SIMULATE_ENV, "H100")
     out = os.path.abspath(args.out or default_out(args.dry))
     os.makedirs(out, exist_ok=True)
     summary = {"dry": args.dry, "out": out, "stages": {}}

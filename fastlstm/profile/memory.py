@@ -1,8 +1,10 @@
 """Peak memory of one call: the growth of memory in use during it, over what was
 in use before it (the model, inputs and output gradient are not counted).
 
-- CUDA: `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`,
-  minus `memory_allocated()` before the call (tensors from torch's allocator).
+- A GPU: `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`,
+  minus `memory_allocated()` before the call (tensors from torch's allocator);
+  on a simulated GPU, the bytes of the tensors the call creates that are alive
+  at once (`fastlstm.device`, `GPU.peak_memory`).
 - CPU (Linux): one call per configuration, after a warm-up call, in a fresh
   subprocess; the process's peak resident set (VmHWM, reset through
   /proc/self/clear_refs) minus its resident set before the call. glibc is told
@@ -21,16 +23,13 @@ from typing import Callable, Optional
 
 import torch
 
+from ..device import gpu
 from .models import DTYPES
 from .workloads import build_workload_model, make_inputs, make_reference_module, make_step
 
 def cuda_peak_memory(step: Callable, device: torch.device) -> int:
-    """Peak growth of CUDA memory allocated by torch during one `step()`, in bytes."""
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    step()
-    return int(torch.cuda.max_memory_allocated(device) - before)
+    """Peak growth of the GPU memory (CUDA, or simulated) torch allocates during one `step()`, in bytes."""
+    return gpu(device).peak_memory(step)
 
 
 def _proc_status_bytes(key: str) -> Optional[int]:

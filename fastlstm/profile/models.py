@@ -6,6 +6,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .. import device as _device
 from .._dispatch import available_backends
 from ..baselines import ScriptedCellLSTM, TutorialLSTM
 from ..modules import LSTM
@@ -41,7 +42,9 @@ def unavailable_reason(name: str, lstm: nn.LSTM, device: torch.device, packed: b
     with `packed`), or None when it can.
 
     Triton on the CPU runs only under the interpreter, which is orders of
-    magnitude too slow to time, so it counts as unavailable there.
+    magnitude too slow to time, so it counts as unavailable there, except on
+    a simulated GPU (fastlstm.device), whose point is to run the GPU's paths:
+    its times are the interpreter's.
     """
     if name not in KNOWN_BACKENDS:
         return f"unknown backend {name!r}; expected one of {', '.join(KNOWN_BACKENDS)}"
@@ -49,15 +52,16 @@ def unavailable_reason(name: str, lstm: nn.LSTM, device: torch.device, packed: b
         return "this baseline covers one layer, one direction only"
     if name in ONE_LAYER_BACKENDS and packed:
         return "this baseline takes no packed input"
+    gpu = _device.gpu(device)
     if name == "triton":
-        if device.type != "cuda":
+        if gpu is None:
             return "Triton runs on the CPU only under the interpreter, far too slow to time"
-        if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        if os.environ.get("TRITON_INTERPRET", "0") == "1" and not gpu.simulated:
             return "TRITON_INTERPRET=1: the interpreter is far too slow to time"
         if "triton" not in available_backends(torch.empty(0, device=device)):
             return "Triton cannot run here (see fastlstm.available_backends)"
     if name == "flashrnn":
-        if device.type != "cuda":
+        if gpu is None or gpu.simulated:
             return "FlashRNN needs a CUDA GPU"
         if not _flashrnn_importable():
             return "the 'flashrnn' package does not import"
@@ -138,14 +142,15 @@ def cudnn_algo(dtype: torch.dtype, input_size: int, hidden_size: int, batch: int
 
 
 def cudnn_algo_for(lstm: nn.LSTM, batch: int, seq_len: int, mode: str, packed: bool = False) -> Optional[str]:
-    """`cudnn_algo` for an nn.LSTM on its CUDA device: the forward's choice, and in
-    training "forward / backward" where they differ; None off CUDA or without cuDNN."""
+    """`cudnn_algo` for an nn.LSTM on its GPU (CUDA, or simulated): the forward's choice,
+    and in training "forward / backward" where they differ; None off a GPU or without cuDNN."""
     w = lstm.weight_hh_l0
-    if w.device.type != "cuda" or not (torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled):
+    gpu = _device.gpu(w.device)
+    if gpu is None or not gpu.cudnn_enabled():
         return None
-    props = torch.cuda.get_device_properties(w.device)
+    props = gpu.properties
     args = (w.dtype, lstm.input_size, lstm.hidden_size, batch, lstm.num_layers, lstm.bidirectional,
-            lstm.proj_size, packed, (props.major, props.minor), props.multi_processor_count)
+            lstm.proj_size, packed, props.capability, props.sm_count)
     fwd = cudnn_algo(*args, seq_len=seq_len)
     bwd = cudnn_algo(*args, forward=False, seq_len=seq_len) if mode == "train" else fwd
     return fwd if fwd == bwd else f"{fwd} / {bwd}"
@@ -153,11 +158,11 @@ def cudnn_algo_for(lstm: nn.LSTM, batch: int, seq_len: int, mode: str, packed: b
 
 def triton_plan(lstm: nn.LSTM, batch: int, mode: str) -> Optional[str]:
     """The Triton backend's launch plans (forward, and backward in training) for
-    every layer of `lstm` at this batch size, or None off CUDA."""
+    every layer of `lstm` at this batch size, or None off a GPU (CUDA, or simulated)."""
     w = lstm.weight_hh_l0
-    if w.device.type != "cuda":
+    if _device.gpu(w.device) is None:
         return None
-    from .backends.triton import plans_for
+    from ..backends.triton import plans_for
 
     x = torch.empty(1, batch, 1, dtype=w.dtype, device=w.device)
     plans = plans_for(x, lstm.hidden_size, lstm.proj_size, training=mode == "train")
@@ -189,23 +194,10 @@ def build_model(name: str, lstm: nn.LSTM) -> nn.Module:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" is CUDA when a GPU is there, else the CPU. Raises ValueError, with a
-    one-line message, for a device that is not known or not here."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device {device!r}: unknown device; expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: no CUDA device here (torch {torch.__version__}, "
-                             "torch.cuda.is_available() is False)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
-    return dev
+    """"auto" is CUDA when a GPU is there, else the CPU (see `fastlstm.device.resolve`,
+    which also maps "cuda" to the CPU a simulated GPU stands on). Raises
+    ValueError, with a one-line message, for a device that is not known or not here."""
+    return _device.resolve(device)
 
 
 def default_backends(device: torch.device) -> List[str]:

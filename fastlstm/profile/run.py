@@ -7,6 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..device import gpu
 from .check import compare
 from .env import LoadMonitor, environment
 from .memory import CpuMemoryProbe, cuda_peak_memory
@@ -119,11 +120,12 @@ def run_profile(
     env = environment(dev)
     ref = make_reference_module(workload, input_size, hidden_size, layers, dtype, dev, seed, bidirectional)
     rows: List[dict] = []
+    on_gpu = gpu(dev) is not None
     with contextlib.ExitStack() as stack:
         if load is None:
             load = stack.enter_context(LoadMonitor())
         probe = None
-        if memory and dev.type == "cpu":
+        if memory and not on_gpu:
             probe = stack.enter_context(CpuMemoryProbe(dict(
                 workload=workload, batch=batch, input=input_size, hidden=hidden_size, layers=layers,
                 dtype=str(dtype).replace("torch.", ""), seed=seed, threads=torch.get_num_threads(),
@@ -165,8 +167,8 @@ def _measure_group(workload, names, extra, ref, mode, T, batch, dtype, dev, env,
     except Exception as e:  # out of memory at a large shape: report it, go on with the others
         ref_error = f"float64 {torch_name} reference: {type(e).__name__}: {e}"
     if ref_error is not None:
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+        if gpu(dev) is not None:
+            gpu(dev).empty_cache()
         group = []
         for name in names:
             row = new_row(name)
@@ -213,7 +215,7 @@ def _measure_group(workload, names, extra, ref, mode, T, batch, dtype, dev, env,
         tell(f"{what} {name}: checked", w, 0)
 
     del want
-    samples = timed_median(steps, repeats, inner, lambda n: tell(f"{what}: timing {n}", w, 0))
+    samples = timed_median(steps, repeats, inner, lambda n: tell(f"{what}: timing {n}", w, 0), gpu=gpu(dev))
     for name, secs in samples.items():
         row = by_name[name]
         ms = statistics.median(secs) * 1e3
@@ -225,7 +227,7 @@ def _measure_group(workload, names, extra, ref, mode, T, batch, dtype, dev, env,
             row["speedup_vs_torch"] = torch_ms / row["ms"]
     if memory:
         for name in samples:
-            if dev.type == "cuda":
+            if gpu(dev) is not None:
                 by_name[name]["peak_mem_bytes"] = cuda_peak_memory(steps[name], dev)
             elif probe is not None and name not in extra:
                 by_name[name]["peak_mem_bytes"] = probe.measure(name, mode, T)

@@ -50,19 +50,34 @@ def calls_per_sample(seconds_per_call: float) -> int:
 
 
 def timed_median(steps: Dict[str, Callable], repeats: int, inner: Dict[str, int],
-                 on_sample: Optional[Callable[[str], None]] = None) -> Dict[str, List[float]]:
+                 on_sample: Optional[Callable[[str], None]] = None, gpu=None) -> Dict[str, List[float]]:
     """Interleaved timing: `repeats` rounds, each timing every step once in an order
-    rotated round by round. Returns the seconds per call of each sample, by name."""
+    rotated round by round. Returns the seconds per call of each sample, by name.
+
+    On a GPU (`gpu`, a fastlstm.device.GPU) a sample is timed by two of its
+    events, recorded on the stream before the first call and after the last
+    (each step waits for the GPU before it returns, so the two clocks agree
+    but for the host's own noise); elsewhere by the host's clock."""
     names = list(steps)
     samples: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(repeats):
         k = r % len(names) if names else 0
         for name in names[k:] + names[:k]:
             fn, n = steps[name], inner[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / n)
+            if gpu is not None:
+                start, end = gpu.event(), gpu.event()
+                start.record()
+                for _ in range(n):
+                    fn()
+                end.record()
+                end.synchronize()
+                seconds = start.elapsed_time(end) / 1e3
+            else:
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                seconds = time.perf_counter() - t0
+            samples[name].append(seconds / n)
             if on_sample is not None:
                 on_sample(name)
     return samples

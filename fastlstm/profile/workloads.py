@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from ..device import gpu
 from ..modules import LSTMCell
 from .models import KNOWN_BACKENDS, build_model, unavailable_reason
 
@@ -138,7 +139,8 @@ def make_step(model: nn.Module, x: Tensor, mode: str, grad_out: Optional[Tensor]
     if mode == "train" and grad_out is None:
         raise ValueError("make_step: mode 'train' needs grad_out")
     xd = _data(x)
-    sync = torch.cuda.synchronize if xd.device.type == "cuda" else (lambda: None)
+    g = gpu(xd.device)
+    sync = g.synchronize if g is not None else (lambda: None)
     forward = _cell_loop(model) if isinstance(model, nn.LSTMCell) else model
 
     if mode == "infer":
