@@ -292,6 +292,10 @@ class SimulatedGPU(GPU):
 
     simulated = True
     torch_device = torch.device("cpu")
+    # At most this many programs of a persistent launch run at once; None: all
+    # of them, as a cooperative launch guarantees. A number makes the grid one
+    # that is not co-resident, whose barrier times out (as a GPU's would).
+    resident: Optional[int] = None
 
     def __init__(self, name: str):
         if name not in SIMULATED_GPUS:

@@ -135,3 +135,47 @@ def assert_same(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], dty
         assert a is not None, f"{what}: {name} is missing (no gradient reached it)"
         assert a.shape == b.shape, f"{what}: {name} has shape {tuple(a.shape)}, expected {tuple(b.shape)}"
         torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {name}: {m}")
+
+
+class KernelLaunches:
+    """Every kernel launch of the Triton backend, seen where they all pass
+    (`fastlstm.backends.triton.launch._kernel_launch`): `of(name).launches` is
+    the list of one kernel's launches, each a dict of its arguments by name
+    (tensors left out) plus `grid`, `cooperative` and `kernel_fn` (the kernel). With `run=False` nothing is launched (host
+    code only); `around` wraps each real launch (a context manager factory).
+
+    Example:
+        >>> spy = KernelLaunches(monkeypatch)
+        >>> ...  # a layer call
+        >>> [launch["PERSISTENT"] for launch in spy.of("lstm_fwd_kernel").launches]
+    """
+
+    class _Log:
+        def __init__(self):
+            self.launches = []
+
+    def __init__(self, monkeypatch, run: bool = True, around=None):
+        from fastlstm.backends.triton import launch
+
+        real = launch._kernel_launch
+        self.logs: Dict[str, "KernelLaunches._Log"] = {}
+
+        def spy(kernel, grid, kwargs, cooperative, device):
+            name = getattr(kernel, "__name__", None) or kernel.fn.__name__
+            # No tensors kept: a reference would change what autograd copies.
+            args = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+            self.of(name).launches.append(dict(args, grid=tuple(grid), cooperative=cooperative, kernel_fn=kernel))
+            if run:
+                if around is None:
+                    real(kernel, grid, kwargs, cooperative, device)
+                else:
+                    with around():
+                        real(kernel, grid, kwargs, cooperative, device)
+
+        monkeypatch.setattr(launch, "_kernel_launch", spy)
+
+    def of(self, name: str) -> "KernelLaunches._Log":
+        return self.logs.setdefault(name, KernelLaunches._Log())
+
+    def all(self) -> List[dict]:
+        return [dict(launch, kernel=name) for name, log in self.logs.items() for launch in log.launches]

@@ -1,4 +1,4 @@
-"""fastlstm.backends.interpreter: interpreted launches one at a time, and
+"""fastlstm.backends.triton.interpreter: interpreted launches one at a time, and
 persistent grids whose programs run at once (taking turns at every atomic),
 so that the kernels' own grid barrier works in Triton's interpreter."""
 import os
@@ -10,8 +10,8 @@ import torch
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from fastlstm.backends import interpreter  # noqa: E402
-from fastlstm.kernels import lstm as k  # noqa: E402
+from fastlstm.backends.triton import interpreter  # noqa: E402
+from fastlstm.kernels import barrier as k  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="tests the interpreter's scheduling (TRITON_INTERPRET=1)")

@@ -37,9 +37,10 @@ from hypothesis import strategies as st
 
 import fastlstm
 from fastlstm import _dispatch
+from fastlstm.device import simulate
 from fastlstm.backends.reference import lstm_layer_reference
 from fastlstm.precision import answer_tolerance
-from helpers import Case, assert_same, run
+from helpers import Case, KernelLaunches, assert_same, run
 
 triton = pytest.importorskip("triton")
 from fastlstm.backends import triton as tb  # noqa: E402
@@ -65,6 +66,18 @@ def _tolerance(dtype):
 INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
 MODES = ("persistent", "per-step", "streamed")
+
+
+@pytest.fixture(autouse=True)
+def _on_a_simulated_h100():
+    """Under the interpreter every test runs on a simulated H100 (fastlstm.device):
+    the plans, grids and grid barriers an H100 gets, its programs meeting at the
+    kernels' own barrier. Natively, on the GPU itself."""
+    if not INTERPRETED:
+        yield None
+        return
+    with simulate("H100") as h100:
+        yield h100
 
 
 @pytest.fixture(autouse=True)
@@ -444,33 +457,15 @@ def test_whole_lstm_matches_nn_lstm_in_float64(T, options, monkeypatch):
 # ----------------------------------------------------------------------------
 
 
-class _Recorder:
-    """Stands in for a kernel: records the arguments of every launch by name."""
-
-    def __init__(self, kernel):
-        self.kernel, self.fn, self.launches = kernel, kernel.fn, []
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            named = dict(zip(tb_launch._param_names(self.kernel), args), **kwargs)
-            self.launches.append(dict(named, grid=grid))
-            return launch(*args, **kwargs)
-
-        return run
-
-
 @pytest.fixture
 def recorded(monkeypatch):
-    """The forward and backward kernels, recording their launches (interpreter only:
-    on a GPU the per-step fallback launches the compiled kernel directly)."""
+    """The forward and backward kernels' launches, each with its arguments by name
+    (interpreter only: on a GPU the per-step fallback launches the compiled
+    kernel directly)."""
     if not INTERPRETED:
         pytest.skip("launches are recorded under the interpreter")
-    fwd, bwd = _Recorder(k_fwd.lstm_fwd_kernel), _Recorder(k_bwd.lstm_bwd_kernel)
-    monkeypatch.setattr(k_fwd, "lstm_fwd_kernel", fwd)
-    monkeypatch.setattr(k_bwd, "lstm_bwd_kernel", bwd)
-    return fwd, bwd
+    spy = KernelLaunches(monkeypatch)
+    return spy.of("lstm_fwd_kernel"), spy.of("lstm_bwd_kernel")
 
 
 def _train_once(layer: Layer, dtype=torch.float32):
@@ -529,14 +524,17 @@ def test_per_step_fallback_launches_once_per_step_and_phase(recorded, monkeypatc
     assert all(launch["t1"] == launch["t0"] + 1 and not launch["PERSISTENT"] for launch in fwd.launches)
 
 
-def test_barrier_counts_every_arrival_and_flags_a_timeout(monkeypatch):
+def test_barrier_counts_every_arrival_and_flags_a_timeout(monkeypatch, _on_a_simulated_h100):
     """The barrier alone (the GPU microbenchmark's kernel): one program meets it
-    trivially; two programs run one after another (the interpreter) cannot
-    meet, and the bounded spin gives up and raises the flag."""
+    trivially, and so do 33 (the simulated H100 runs them at once); two programs
+    that are not resident together (one after another) cannot meet, and the
+    bounded spin gives up and raises the flag."""
     if not INTERPRETED:
-        pytest.skip("the timeout needs a grid that is not co-resident: the interpreter's")
+        pytest.skip("the timeout needs a grid that is not co-resident: the simulated GPU's")
     assert tb.barrier_loop(1, 5, DEVICE).tolist() == [5, 0]
+    assert tb.barrier_loop(33, 5, DEVICE).tolist() == [165, 0]
     monkeypatch.setattr(tb_launch, "_MAX_SPIN", 10)
+    monkeypatch.setattr(_on_a_simulated_h100, "resident", 1)
     arrivals, err = tb.barrier_loop(2, 3, DEVICE).tolist()
     assert arrivals == 6 and err == 1
 
@@ -554,10 +552,15 @@ def test_column_masks_are_dropped_only_where_the_k_chunk_divides_the_sizes(recor
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="the interpreter case")
-def test_the_interpreter_plans_one_program_even_for_cuda_tensors():
-    """The interpreter runs a grid's programs one after another whatever the
-    tensors' device, so a multi-program persistent grid would spin there."""
-    assert tb_plan._device_limits.__wrapped__(torch.device("cuda", 0)) == (1, 227 * 1024, False)
+def test_the_plain_interpreter_plans_one_program_even_for_cuda_tensors():
+    """Without a simulated GPU the interpreter plans for one SM whatever the
+    tensors' device (TRITON_INTERPRET=1 with CUDA tensors runs them on the
+    CPU); a simulated GPU plans as that GPU."""
+    with simulate(None):
+        assert tb_plan._device_limits(torch.device("cuda", 0)) == (1, 227 * 1024, False)
+        assert tb_plan._device_limits(torch.device("cpu")) == (1, 227 * 1024, False)
+    with simulate("A100"):
+        assert tb_plan._device_limits(torch.device("cpu")) == (108, 163 * 1024, True)
 
 
 def test_per_step_fallback_on_a_gpu_compiles_once_and_launches_the_compiled_kernel():
@@ -597,31 +600,31 @@ def test_per_step_fallback_on_a_gpu_compiles_once_and_launches_the_compiled_kern
 
 @pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
 @pytest.mark.parametrize("which", ["forward", "backward"])
-def test_barrier_timeout_gives_nan_and_an_error_naming_the_shape_at_the_next_call(monkeypatch, which, proj):
-    """A persistent grid whose programs are not all resident at once: the
-    interpreter runs them one after another, so the first waits at its barrier
-    in vain. The bounded spin gives up; the broken launch writes NaN into every
-    output (the forward's, or every gradient), and the next call on the device
-    raises the named error (the host never waits for the flag). After that the
-    device works again."""
+def test_barrier_timeout_gives_nan_and_an_error_naming_the_shape_at_the_next_call(monkeypatch, which, proj,
+                                                                                 _on_a_simulated_h100):
+    """A persistent grid whose programs are not all resident at once: on the
+    simulated H100 they run one after another, so the first waits at its
+    barrier in vain. The bounded spin gives up; the broken launch writes NaN
+    into every output (the forward's, or every gradient), and the next call on
+    the device raises the named error (the host never waits for the flag).
+    After that the device works again."""
     if not INTERPRETED:
-        pytest.skip("on a GPU the persistent grid is co-resident; the interpreter is not")
+        pytest.skip("on a GPU the persistent grid is co-resident; the simulated one can be made otherwise")
+    h100 = _on_a_simulated_h100
     monkeypatch.setattr(tb_launch, "_MAX_SPIN", 20)
-    monkeypatch.setattr(tb_plan, "_MIN_UNITS", 4)
-    real = tb_layer.plans_for
+    monkeypatch.setattr(tb_plan, "_MIN_UNITS", 4)  # two programs of 4 units
+    real = tb_launch._kernel_launch
     broken = [True]
+    kernel = k_fwd.lstm_fwd_kernel if which == "forward" else k_bwd.lstm_bwd_kernel
 
-    def plans_for(x, hidden, proj, training):
-        good = real(x, hidden, proj, training)
-        if not broken[0]:
-            return good
-        args = (x.shape[1], hidden, proj, x.dtype, 10_000, 227 * 1024, training)
-        # cooperative=True: a two-program persistent grid, which cannot work here
-        bad = [tb.launch_plan(*args, kernel=k, cooperative=True) for k in ("forward", "backward")]
-        assert all(p.persistent and p.grid[0] > 1 for p in bad)
-        return (bad[0], bad[1]) if which == "forward" else (good[0], bad[1])
+    def launch(k, grid, kwargs, cooperative, device):
+        """The H100's launches; the broken kernel's programs one at a time."""
+        h100.resident = 1 if broken[0] and k is kernel else None
+        assert h100.resident is None or (cooperative and grid[0] > 1), (grid, cooperative)
+        real(k, grid, kwargs, cooperative, device)
 
-    monkeypatch.setattr(tb_layer, "plans_for", plans_for)
+    monkeypatch.setattr(tb_launch, "_kernel_launch", launch)
+    monkeypatch.setattr(h100, "resident", None)
     # Buffers start as zeros here, not NaN: the NaN must be the kernel's.
     monkeypatch.setattr(tb_layer, "_empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
     layer = Layer(T=3, B=2, I=3, H=7, proj=proj)

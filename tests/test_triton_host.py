@@ -7,6 +7,7 @@ with the dispatch mode that watches the host paused while they run: on a GPU
 a launch dispatches no ATen op. Tests marked native need
 FASTLSTM_TEST_NATIVE=1 on a GPU machine.
 """
+import contextlib
 import os
 from typing import List
 
@@ -16,13 +17,13 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 import fastlstm
 from fastlstm.backends import jit as jb
+from fastlstm.device import simulate
+from helpers import KernelLaunches
 
 triton = pytest.importorskip("triton")
 from fastlstm.backends import triton as tb  # noqa: E402
 from fastlstm.backends.triton import workspace as tb_workspace  # noqa: E402
 from fastlstm.kernels import barrier as k_barrier  # noqa: E402
-from fastlstm.kernels import lstm_bwd as k_bwd  # noqa: E402
-from fastlstm.kernels import lstm_fwd as k_fwd  # noqa: E402
 
 NATIVE = os.environ.get("FASTLSTM_TEST_NATIVE", "0") == "1"
 DEVICE = "cuda" if NATIVE else "cpu"
@@ -55,31 +56,22 @@ class OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class _Watched:
-    """Stands in for a kernel: logs each launch and runs it with the dispatch
-    mode paused (the interpreter's own tensor work is not the host path's)."""
-
-    def __init__(self, kernel, log: OpLog):
-        self.kernel, self.fn, self.log = kernel, kernel.fn, log
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            self.log.ops.append("TRITON")
-            with _disable_current_modes():
-                return launch(*args, **kwargs)
-
-        return run
-
-
 @pytest.fixture
 def watched(monkeypatch):
+    """The host path's ATen ops and kernel launches ("TRITON"), each launch run with
+    the dispatch mode paused (the interpreter's own tensor work is not the host
+    path's)."""
     if NATIVE:
         pytest.skip("the launches are watched under the interpreter")
     log = OpLog()
-    monkeypatch.setattr(k_fwd, "lstm_fwd_kernel", _Watched(k_fwd.lstm_fwd_kernel, log))
-    monkeypatch.setattr(k_bwd, "lstm_bwd_kernel", _Watched(k_bwd.lstm_bwd_kernel, log))
+
+    @contextlib.contextmanager
+    def launch():
+        log.ops.append("TRITON")
+        with _disable_current_modes():
+            yield
+
+    KernelLaunches(monkeypatch, around=launch)
     return log
 
 
@@ -136,16 +128,22 @@ def test_module_training_step_reads_nothing_from_the_device(watched):
 
 def test_nothing_reads_the_device_while_a_cuda_graph_is_captured(watched, monkeypatch):
     """The branches taken while a CUDA graph is captured (the host then may not
-    read the device, query events or copy): stood in for on the CPU by
-    claiming that a capture is under way."""
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    read the device, query events or copy; every launch gets a workspace and
+    zeros of its own): taken on the CPU by a simulated H100 capturing."""
+    monkeypatch.setattr(tb_workspace, "_UNCHECKED", set())
     inputs = _layer_inputs(6, proj=3)
     log = OpLog(fail_on_sync=True)
     watched.ops = log.ops
-    with log:
-        out, h, c = tb.lstm_layer_triton(*inputs)
-        (out.sum() + h.sum() + c.sum()).backward()
-    assert log.syncs == [] and "TRITON" in log.ops
+    captured = len(tb_workspace._CAPTURED)
+    with simulate("H100") as h100, h100.capture():
+        with log:
+            out, h, c = tb.lstm_layer_triton(*inputs)
+            (out.sum() + h.sum() + c.sum()).backward()
+        made = tb_workspace._CAPTURED[captured:]
+    assert log.syncs == [] and log.ops.count("TRITON") == 2
+    # forward and backward: a workspace each, and the backward's zeros
+    assert [type(m).__name__ for m in made] == ["_Workspace", "_Workspace", "Tensor"], made
+    assert all(ws.captured and ws.host is None and ws.event is None for ws in made[:2])
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -156,7 +154,11 @@ def test_ops_per_layer_call(watched, bias):
     (d_out[T-1] + d_h_n), one launch and the gradient GEMMs."""
     T = 6
     inputs = _layer_inputs(T, bias=bias)
-    tb.lstm_layer_triton(*inputs)
+    warm = tb.lstm_layer_triton(*inputs)  # the buffers made once per shape (the backward's zeros) made here
+    torch.autograd.backward(warm, [torch.ones_like(t) for t in warm])
+    for t in inputs:
+        if t is not None:
+            t.grad = None
     (out, h, c), infer = _call(watched, lambda: tb.lstm_layer_triton(*[t.detach() if t is not None else None
                                                                          for t in inputs]))
     (out, h, c), forward = _call(watched, lambda: tb.lstm_layer_triton(*inputs))
@@ -316,11 +318,11 @@ _LAUNCH = (("forward", 3, 2, 3, 7, 7, torch.float32), _PLAN)
 _LAUNCH2 = (("forward", 9, 2, 3, 7, 7, torch.float32), _PLAN)
 
 
-def _cuda_workspace_on_the_cpu(monkeypatch):
-    """A `_Workspace` taking its CUDA branch (pinned copy, event) with CPU tensors
-    and stand-ins for the CUDA calls; `Event.done` says whether the device has
-    caught up with the copy."""
-    import contextlib
+@pytest.fixture
+def gpu_workspace(monkeypatch):
+    """Makes `_Workspace`s of a simulated H100 (fastlstm.device), which take the GPU
+    branch (pinned copy, event); the H100's events say the device has caught up
+    with the copy only when `Event.done` does."""
 
     class Event:
         done = True
@@ -331,29 +333,19 @@ def _cuda_workspace_on_the_cpu(monkeypatch):
         def query(self):
             return Event.done
 
-    real_zeros = torch.zeros
-    # The stand-in workspaces must not outlive the test in the backend's registries.
+    # The simulated GPU's workspaces must not outlive the test in the backend's registries.
     monkeypatch.setattr(tb_workspace, "_UNCHECKED", set())
     monkeypatch.setattr(tb_workspace, "_WORKSPACES", {})
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch, "zeros", lambda *a, pin_memory=False, **k: real_zeros(*a, **k))
-
-    def make():
-        ws = tb_workspace._Workspace(torch.device("cpu"))
-        ws.on_cpu, ws.flag = False, None  # the CUDA branch
-        return ws
-
-    return make, Event
+    with simulate("H100") as h100:
+        monkeypatch.setattr(h100, "event", Event)
+        yield (lambda: tb_workspace._Workspace(torch.device("cpu"))), Event
 
 
-def test_workspace_first_used_under_inference_mode_serves_later_calls(monkeypatch):
+def test_workspace_first_used_under_inference_mode_serves_later_calls(gpu_workspace):
     """Buffers made at a first call under torch.inference_mode() (evaluation, a
     serving warm-up) must not be inference tensors: the calls after it, outside
     inference mode, update them."""
-    make, _ = _cuda_workspace_on_the_cpu(monkeypatch)
+    make, _ = gpu_workspace
     with torch.inference_mode():
         ws = make()
         ws.launched(_LAUNCH)
@@ -369,13 +361,14 @@ def test_workspace_first_used_under_inference_mode_serves_later_calls(monkeypatc
     deferred.check()
 
 
-def test_raise_barrier_timeouts_sees_a_launch_behind_a_copy_in_flight(monkeypatch):
+def test_raise_barrier_timeouts_sees_a_launch_behind_a_copy_in_flight(gpu_workspace):
     """Launch 1 is fine and a copy of the sticky count follows it; launch 2,
     queued while that copy is in flight, times out. After waiting for the
     device, raise_barrier_timeouts must report it (it reads the count itself)."""
-    make, Event = _cuda_workspace_on_the_cpu(monkeypatch)
+    make, Event = gpu_workspace
     ws = make()
-    tb_workspace._WORKSPACES[(torch.device("cpu"), -1)] = ws
+    assert not ws.on_cpu, "not the GPU branch"
+    tb_workspace._WORKSPACES[(torch.device("cpu"), ws.gpu, -1)] = ws
     Event.done = False
     ws.launched(_LAUNCH)
     ws.buf[k_barrier._WS_STICKY.value] += 1  # layer 2's launch times out

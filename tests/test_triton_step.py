@@ -19,8 +19,9 @@ file reuses:
 import pytest
 import torch
 
-from test_triton_backend import (  # noqa: F401  (fixtures: _nan_buffers, autouse; recorded)
-    DEVICE, GRID, INTERPRETED, H100, Layer, _check_layer, _nan_buffers, _train_once, _use_mode, recorded,
+from test_triton_backend import (  # noqa: F401  (fixtures: _nan_buffers and _on_a_simulated_h100, autouse; recorded)
+    DEVICE, GRID, INTERPRETED, H100, Layer, _check_layer, _nan_buffers, _on_a_simulated_h100, _train_once, _use_mode,
+    recorded,
 )
 
 triton = pytest.importorskip("triton")
@@ -28,6 +29,8 @@ from fastlstm.backends import triton as tb  # noqa: E402
 from fastlstm.backends.triton import launch as tb_launch  # noqa: E402
 from fastlstm.backends.triton import layer as tb_layer  # noqa: E402
 from fastlstm.backends.triton import plan as tb_plan  # noqa: E402
+from fastlstm.kernels import lstm_bwd as k_bwd  # noqa: E402
+from fastlstm.kernels import lstm_fwd as k_fwd  # noqa: E402
 
 WAVE_MODES = {
     "wave": ("persistent", dict(step="wave", block_k=16, wave_k=64)),
@@ -193,25 +196,28 @@ def test_plan_refuses_an_unknown_step():
 
 
 @pytest.mark.parametrize("which", ["forward", "backward"])
-def test_wave_barrier_timeout_gives_nan_and_the_named_error(monkeypatch, which):
+def test_wave_barrier_timeout_gives_nan_and_the_named_error(monkeypatch, which, _on_a_simulated_h100):
     """The split barrier keeps the bounded spin and the error flag: a
-    two-program persistent grid under the interpreter (programs run one after
-    another) waits in vain and gives up; the broken launch's results are NaN
-    and the host raises the named error (here asked for at once)."""
+    two-program persistent grid whose programs are not resident together (the
+    simulated H100 runs them one after another) waits in vain and gives up;
+    the broken launch's results are NaN and the host raises the named error
+    (here asked for at once)."""
     if not INTERPRETED:
-        pytest.skip("on a GPU the persistent grid is co-resident; the interpreter is not")
+        pytest.skip("on a GPU the persistent grid is co-resident; the simulated one can be made otherwise")
+    h100 = _on_a_simulated_h100
     monkeypatch.setattr(tb_launch, "_MAX_SPIN", 20)
     monkeypatch.setattr(tb_plan, "_MIN_UNITS", 4)
-    real = tb_layer.plans_for
+    monkeypatch.setenv(tb_plan._STEP_ENV, "wave")
+    real = tb_launch._kernel_launch
+    kernel = k_fwd.lstm_fwd_kernel if which == "forward" else k_bwd.lstm_bwd_kernel
 
-    def plans_for(x, hidden, proj, training):
-        args = (x.shape[1], hidden, proj, x.dtype, 10_000, 227 * 1024, training)
-        bad = [tb.launch_plan(*args, kernel=k, cooperative=True, step="wave") for k in ("forward", "backward")]
-        assert all(p.persistent and p.grid[0] > 1 and p.step == "wave" for p in bad)
-        good = real(x, hidden, proj, training)
-        return (bad[0], bad[1]) if which == "forward" else (good[0], bad[1])
+    def launch(k, grid, kwargs, cooperative, device):
+        h100.resident = 1 if k is kernel else None
+        assert h100.resident is None or (cooperative and grid[0] > 1 and kwargs["STEP_WAVE"]), (grid, cooperative)
+        real(k, grid, kwargs, cooperative, device)
 
-    monkeypatch.setattr(tb_layer, "plans_for", plans_for)
+    monkeypatch.setattr(tb_launch, "_kernel_launch", launch)
+    monkeypatch.setattr(h100, "resident", None)
     # Buffers start as zeros here, not NaN: the NaN must be the kernel's.
     monkeypatch.setattr(tb_layer, "_empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
     inputs = {k: (v.to(device=DEVICE, dtype=torch.float32).requires_grad_() if v is not None else None)

@@ -1,6 +1,11 @@
 """Launching the step kernels as a plan says: one persistent launch (or a few)
 for all steps, or one launch per step and phase (`_launch`, `_Prepared`,
 `_run`, `_StepLauncher`); and `barrier_loop`, the grid barrier alone.
+
+Every launch goes through `_kernel_launch`: on a GPU straight to the compiled
+kernel (a persistent one cooperatively), in Triton's interpreter through
+`interpreter.launch`, one launch at a time, persistent grids with their
+programs running at once (on a simulated GPU that is the GPU's own grid).
 """
 import contextlib
 import functools
@@ -10,7 +15,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ...device import gpu
 from ...kernels import barrier as _barrier
+from . import interpreter
 from .plan import LaunchPlan, _interpreting
 from .workspace import _workspace_of
 
@@ -23,7 +30,22 @@ _MAX_ARRIVALS = 2**31 - 1
 
 def _device_guard(t: Tensor):
     """Triton launches on the current CUDA device; make it the tensors' one."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    g = gpu(t)
+    return g.device_context() if g is not None else contextlib.nullcontext()
+
+
+def _kernel_launch(kernel, grid: Tuple[int, ...], kwargs: Dict[str, object], cooperative: bool,
+                   device: torch.device) -> None:
+    """One launch of `kernel` (see the module doc); `cooperative`: a persistent
+    launch, whose programs must all be resident at once."""
+    if _interpreting():
+        g = gpu(device)
+        simulated = g is not None and g.simulated
+        interpreter.launch(kernel, grid, kwargs, cooperative,
+                           max_programs=g.properties.sm_count if simulated else None,
+                           resident=g.resident if simulated else None)
+    else:
+        kernel[grid](**kwargs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,7 +63,7 @@ class _StepLauncher:
     """
 
     def __init__(self, kernel, grid: Tuple[int], params: Dict[str, object], options: Dict[str, object],
-                 stream: Optional[int] = None):
+                 stream: Optional[int] = None, device: Optional[torch.device] = None):
         # A compiled kernel reads all three grid dimensions (the dispatcher pads them).
         grid = tuple(grid) + (1,) * (3 - len(grid))
         self.kernel, self.grid, self.options = kernel, grid, options
@@ -49,6 +71,7 @@ class _StepLauncher:
         self.args: List[object] = [params[n] for n in self.names]
         self.i_t0, self.i_t1 = self.names.index("t0"), self.names.index("t1")
         self.run = None
+        self.device = device
         if stream is not None:
             compiled = kernel.warmup(*self.args, grid=grid, **options)
             self.run = functools.partial(compiled[grid], stream=stream)
@@ -58,7 +81,8 @@ class _StepLauncher:
         if self.run is not None:
             self.run(*self.args)
         else:
-            self.kernel[self.grid](*self.args, **self.options)
+            _kernel_launch(self.kernel, self.grid, dict(zip(self.names, self.args), **self.options), False,
+                           self.device)
 
 
 def _launch(kernel, plan: LaunchPlan, params: Dict[str, object], constexprs: Dict[str, object],
@@ -96,7 +120,7 @@ class _Prepared:
         self.phases = phases
         if self.persistent:
             switches = {k: any(p[k] for p in phases) for k in phases[0]}
-            if device.type == "cuda" and not _interpreting():
+            if gpu(device) is not None and not _interpreting():
                 options = dict(options, launch_cooperative_grid=True)
             per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
             starts = list(range(0, steps, per_launch))
@@ -118,14 +142,15 @@ def _run(prep: _Prepared, params: Dict[str, object], shape: tuple) -> None:
     kernel = prep.kernel
     if prep.persistent or prep.steps == 1:
         for grid, kwargs in prep.launches:
-            kernel[grid](**params, **kwargs)
+            _kernel_launch(kernel, grid, dict(params, **kwargs), prep.persistent, prep.device)
         if prep.persistent:
             _workspace_of(params["p_ws"]).launched((shape, prep.plan))
         return
     device, steps = prep.device, prep.steps
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" and not _interpreting() else None
+    g = gpu(device)
+    stream = g.stream_id() if g is not None and not _interpreting() else None
     launchers = [_StepLauncher(kernel, g, dict(params, **prep.constexprs, **p, t0=0, t1=1, max_spin=_MAX_SPIN,
-                                               PERSISTENT=False), prep.options, stream)
+                                               PERSISTENT=False), prep.options, stream, device)
                  for g, p in zip(prep.grids, prep.phases)]
     for t in (range(steps - 1, -1, -1) if prep.reverse else range(steps)):
         for launcher in launchers:
@@ -137,6 +162,8 @@ def barrier_loop(programs: int, steps: int, device) -> Tensor:
     barrier `steps` times and do nothing else; the barrier microbenchmark.
     Returns the (2,) int32 [arrivals, error flag] buffer, without waiting."""
     sync = torch.zeros(2, dtype=torch.int32, device=device)
-    options = {"launch_cooperative_grid": True} if sync.is_cuda and not _interpreting() else {}
-    _barrier.barrier_loop_kernel[(programs,)](sync[0:1], sync[1:2], steps, _MAX_SPIN, num_warps=4, **options)
+    options = {"launch_cooperative_grid": True} if gpu(device) is not None and not _interpreting() else {}
+    _kernel_launch(_barrier.barrier_loop_kernel, (programs,),
+                   dict(p_sync=sync[0:1], p_err=sync[1:2], steps=steps, max_spin=_MAX_SPIN, num_warps=4, **options),
+                   True, sync.device)
     return sync

@@ -11,6 +11,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ...device import gpu
+
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -227,28 +229,22 @@ def launch_plan(batch: int, hidden: int, proj: int, dtype: torch.dtype, sm_count
     )
 
 
-@functools.lru_cache(maxsize=None)
 def _device_limits(device: torch.device) -> Tuple[int, int, bool]:
-    """(sm_count, smem_per_block, cooperative) for plans on `device`.
+    """(sm_count, smem_per_block, cooperative) for plans on `device`: those of
+    its GPU (fastlstm.device: CUDA, or a simulated one, whose plans the
+    interpreter then runs as that GPU would).
 
-    Under the interpreter (which runs a grid's programs one after another,
-    whatever the tensors' device): one SM, so one program runs every step in a
-    single persistent launch, and an H100's shared memory, so the
-    resident-weight path is the one exercised. Read at the first forward on
-    a device, never at import.
+    Under the plain interpreter (CPU tensors with no simulated GPU, or CUDA
+    tensors with TRITON_INTERPRET=1): one SM, so one program runs every step
+    in a single persistent launch, and an H100's shared memory, so the
+    resident-weight path is the one exercised. Asked at each forward (the
+    GPU keeps its properties), never at import.
     """
-    if device.type != "cuda" or _interpreting():
+    g = gpu(device)
+    if g is None or (_interpreting() and not g.simulated):
         return 1, 227 * 1024, False
-    props = torch.cuda.get_device_properties(device)
-    smem = getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
-    return props.multi_processor_count, smem, _triton_has_cooperative_launch()
-
-
-def _triton_has_cooperative_launch() -> bool:
-    import triton
-
-    major, minor = (int(v) for v in triton.__version__.split(".")[:2])
-    return (major, minor) >= (3, 3)
+    props = g.properties
+    return props.sm_count, props.smem_per_block, g.cooperative
 
 
 def plans_for(x: Tensor, hidden: int, proj: int, training: bool) -> Tuple[LaunchPlan, Optional[LaunchPlan]]:

@@ -9,6 +9,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 
+from ...device import gpu, resolve
 from ...kernels import barrier as _barrier
 from .plan import LaunchPlan
 
@@ -26,9 +27,9 @@ class _Workspace:
     increments.
 
     The host reads the sticky count without waiting for the GPU and never
-    writes it: on the CPU (the interpreter) straight from memory; on CUDA
-    through a non-blocking copy into pinned memory, made on the workspace's own
-    stream, and an event, looked at (never waited for) at the next layer call,
+    writes it: on the CPU (the interpreter) straight from memory; on a GPU
+    (CUDA, or simulated: fastlstm.device's stand-ins) through a non-blocking
+    copy into pinned memory, made on the workspace's own stream, and an event, looked at (never waited for) at the next layer call,
     which raises if the count grew past what the host has already reported. At
     most one copy is in flight per workspace; a call that finds it still
     running leaves it be, so a timeout is reported at the first call after the
@@ -49,16 +50,17 @@ class _Workspace:
 
     def __init__(self, device: torch.device, captured: bool = False):
         self.device = device
-        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        self.gpu = gpu(device)
+        self.stream = self.gpu.current_stream() if self.gpu is not None else None
         with torch.inference_mode(False):
             self.buf = torch.zeros(4, dtype=torch.int32, device=device)
-        self.on_cpu = device.type != "cuda"
+        self.on_cpu = self.gpu is None
         # The sticky count as the host sees it: on the CPU the buffer itself;
         # on CUDA a pinned copy, made at the first copy.
         self.host = None
         self.flag = self.buf.numpy()[_barrier._WS_STICKY.value:] if self.on_cpu else None
         self.seen = 0  # timeouts already reported
-        self.event = None  # the CUDA event after the copy in flight
+        self.event = None  # the GPU's event after the copy in flight
         self.covered: List[tuple] = []  # (shape, plan) of the launches the copy in flight (or the CPU flag) covers
         self.pending: List[tuple] = []  # those since that copy was made
         self.captured = captured  # made for a CUDA graph: replays may set the count at any time
@@ -74,14 +76,15 @@ class _Workspace:
         self._copy()
 
     def _copy(self) -> None:
-        if self.event is not None or torch.cuda.is_current_stream_capturing():
+        g = self.gpu
+        if self.event is not None or g.is_capturing():
             return
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream), torch.inference_mode(False):
+        with g.device_context(), g.stream_context(self.stream), torch.inference_mode(False):
             if self.host is None:
-                self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+                self.host = g.pinned_zeros(1, torch.int32)
                 self.flag = self.host.numpy()
             self.host.copy_(self.buf[_barrier._WS_STICKY.value:], non_blocking=True)
-            self.event = torch.cuda.Event()
+            self.event = g.event()
             self.event.record(self.stream)
         self.covered, self.pending = self.pending, []
 
@@ -119,8 +122,8 @@ class _Workspace:
         raise RuntimeError(_TIMEOUT_MESSAGE.format(launches=launches, device=self.device))
 
 
-# (device, stream) -> its _Workspace; buffer pointer -> the same _Workspace.
-_WORKSPACES: Dict[Tuple[torch.device, int], _Workspace] = {}
+# (device, its GPU, stream) -> its _Workspace; buffer pointer -> the same _Workspace.
+_WORKSPACES: Dict[tuple, _Workspace] = {}
 _BY_POINTER: Dict[int, _Workspace] = {}
 _WORKSPACE_LOCK = threading.Lock()
 # Workspaces with a launch not yet known to be clean (most calls find none).
@@ -138,14 +141,14 @@ def _workspace(device: torch.device) -> _Workspace:
     persistent launches must never share one at the same time. While a CUDA
     graph is being captured, a new one for each launch (see `_Workspace`).
     """
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    g = gpu(device)
+    if g is not None and g.is_capturing():
         ws = _Workspace(device, captured=True)
         with _WORKSPACE_LOCK:
             _BY_POINTER[ws.buf.data_ptr()] = ws
             _CAPTURED.append(ws)
         return ws
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream)
+    key = (device, g, g.stream_id() if g is not None else 0)
     ws = _WORKSPACES.get(key)
     if ws is None:
         with _WORKSPACE_LOCK:
@@ -172,18 +175,18 @@ def _check_barriers(device: torch.device) -> None:
 
 
 def raise_barrier_timeouts(device=None) -> None:
-    """Wait for `device`'s (default: the current CUDA device's) work and raise the
-    barrier-timeout RuntimeError if any persistent launch on it timed out.
+    """Wait for `device`'s (default: the current GPU's, CUDA or simulated) work and
+    raise the barrier-timeout RuntimeError if any persistent launch on it timed out.
 
     Layer calls already raise it, without waiting, at the first call after the
     broken launch has ended; this is for a program that wants to know now (at
     the cost of a synchronisation).
     """
-    device = torch.device(device if device is not None else "cuda")
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.synchronize(device)
+    device = torch.device(device) if device is not None else resolve("cuda")
+    g = gpu(device)
+    if g is not None:
+        device = g.torch_device
+        g.synchronize()
     for ws in [ws for ws in list(_WORKSPACES.values()) + list(_CAPTURED) if isinstance(ws, _Workspace)]:
         if ws.device == device:
             ws.check_now()
@@ -199,12 +202,12 @@ def _zeros(device: torch.device, shape: Tuple[int, ...], dtype: torch.dtype) -> 
     as the caching allocator ties a block to the stream that made it. While a
     CUDA graph is being captured, a new one each time (zeroed by the graph
     itself at every replay, and never handed to calls outside that graph)."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    g = gpu(device)
+    if g is not None and g.is_capturing():
         z = torch.zeros(shape, dtype=dtype, device=device)
         _CAPTURED.append(z)
         return z
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream, shape, dtype)
+    key = (device, g, g.stream_id() if g is not None else 0, shape, dtype)
     z = _ZEROS.get(key)
     if z is None:
         with torch.inference_mode(False):

@@ -22,7 +22,10 @@ interpreted launch of fastlstm's kernels (`launch`):
   grid larger than the simulated GPU could hold is refused, as a cooperative
   launch on the GPU refuses it, and a grid in which every program waits for
   an arrival that never comes (a deadlock, which a GPU turns into a barrier
-  timeout only after `max_spin` polls) raises at once.
+  timeout only after `max_spin` polls) raises at once. `resident` runs at
+  most that many programs at once, the others starting as earlier ones end:
+  the grid a launch gets on a GPU when it is not co-resident, whose barrier
+  then times out (how the tests provoke the kernels' timeout path).
 
 `run_cooperative` reads the interpreter's internals (`GridExecutor`'s
 argument handling, `_patch_lang`, `interpreter_builder`), as in triton 3.9;
@@ -44,7 +47,7 @@ _IDLE_ROUNDS = 64
 
 
 def launch(kernel, grid: Sequence[int], kwargs: Dict[str, object], cooperative: bool = False,
-           max_programs: Optional[int] = None) -> None:
+           max_programs: Optional[int] = None, resident: Optional[int] = None) -> None:
     """Launch `kernel` over `grid` in the interpreter, holding `LOCK`.
 
     cooperative: the launch is a persistent one, whose programs must run at
@@ -52,10 +55,12 @@ def launch(kernel, grid: Sequence[int], kwargs: Dict[str, object], cooperative: 
         program.
     max_programs: with `cooperative`, the most programs the (simulated) GPU
         holds at once; a larger grid raises, as a cooperative launch does.
+    resident: with `cooperative`, the most programs running at once (None:
+        all of them).
     """
     with LOCK:
         if cooperative:
-            run_cooperative(kernel, grid, kwargs, max_programs)
+            run_cooperative(kernel, grid, kwargs, max_programs, resident)
         else:
             kernel[tuple(grid)](**kwargs)
 
@@ -66,7 +71,7 @@ def _program_ids(grid: Sequence[int]) -> List[Tuple[int, int, int]]:
 
 
 def run_cooperative(kernel, grid: Sequence[int], kwargs: Dict[str, object],
-                    max_programs: Optional[int] = None) -> None:
+                    max_programs: Optional[int] = None, resident: Optional[int] = None) -> None:
     """Run every program of `grid` at once (see the module doc). Call with `LOCK` held."""
     ids = _program_ids(grid)
     if max_programs is not None and len(ids) > max_programs:
@@ -93,7 +98,7 @@ def run_cooperative(kernel, grid: Sequence[int], kwargs: Dict[str, object],
         args = inspect.getcallargs(fn, **kwargs_hst)
         args = {name: arg if name in executor.constexprs else implicit_cvt(arg) for name, arg in args.items()}
         builder.set_grid_dim(*(tuple(grid) + (1,) * (3 - len(grid))))
-        _Turns(fn, args, ids, builder).run()
+        _Turns(fn, args, ids, builder, resident).run()
     finally:
         scope.restore()
     executor._restore_args_dev((), (), kwargs, kwargs_hst)
@@ -106,10 +111,13 @@ class _Abort(BaseException):
 class _Turns:
     """The programs of one launch as threads that take turns (see the module doc)."""
 
-    def __init__(self, fn, args: Dict[str, object], ids: List[Tuple[int, int, int]], builder):
+    def __init__(self, fn, args: Dict[str, object], ids: List[Tuple[int, int, int]], builder,
+                 resident: Optional[int] = None):
         self.fn, self.args, self.ids, self.builder = fn, args, ids, builder
         self.wake = [threading.Event() for _ in ids]
         self.alive = [True] * len(ids)
+        # Programs [0, admitted) have started (or may); the rest wait for one to end.
+        self.admitted = len(ids) if resident is None else max(1, min(resident, len(ids)))
         self.done = threading.Event()
         self.error: Optional[BaseException] = None
         self.idle = 0  # polls since the last atomic that wrote memory
@@ -163,10 +171,12 @@ class _Turns:
                 self.error = e
         finally:
             self.alive[i] = False
+            if self.admitted < len(self.ids):
+                self.admitted += 1  # a waiting program takes the place this one leaves
             self._hand_on(i)
 
     def _next(self, i: int) -> Optional[int]:
-        n = len(self.ids)
+        n = self.admitted
         for k in range(1, n + 1):
             j = (i + k) % n
             if self.alive[j]:
@@ -184,7 +194,7 @@ class _Turns:
     def _turn(self, polled: bool) -> None:
         """After an atomic of the running program: hand the turn on, wait for it back."""
         i = self.me
-        live = sum(self.alive)
+        live = sum(self.alive[:self.admitted])
         self.idle = self.idle + 1 if polled else 0
         if self.idle > _IDLE_ROUNDS * live and self.error is None:
             self.error = RuntimeError(
