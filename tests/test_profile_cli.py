@@ -356,4 +356,16 @@ def test_each_triton_row_names_its_launch_plan():
         "triton train (T=64) launch plan: forward ...; backward ...",
         "torch train (T=64) cuDNN algorithm: standard",
     ]
-    assert profile.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off CUDA"
+    assert profile.triton_plan(nn.LSTM(3, 4), batch=2, mode="train") is None, "no plan off a GPU"
+
+
+def test_triton_plan_names_the_gpus_plans():
+    """On a GPU (here a simulated H100) a triton row records the backend's launch
+    plans. This line of the profile crashed every CUDA run until 2026-12-07
+    (ModuleNotFoundError: it imported fastlstm.profile.backends), hidden only
+    because every row before it failed its answer check."""
+    with simulate("H100"):
+        plan = profile.triton_plan(nn.LSTM(3, 24), batch=2, mode="train")
+        infer = profile.triton_plan(nn.LSTM(3, 1024), batch=16, mode="infer")
+    assert plan.startswith("forward persistent: 3 programs x 8 units") and "; backward persistent: 3 programs" in plan
+    assert infer.startswith("forward persistent: 128 programs x 8 units, W on chip") and "backward" not in infer
