@@ -7,9 +7,9 @@ that cannot be compiled):
     python tests/aot.py sm_90      # one JSON object per compiled variant, one per line
 
 For every kernel configuration `launch_plan` picks on that GPU over a grid of
-shapes, dtypes and modes, it builds the launch arguments with the backend's
-own host code (`_lstm_fwd` / `_lstm_bwd`, with the kernels swapped for a
-recorder that launches nothing), compiles each distinct variant through
+shapes, dtypes and modes (`tests/variants.py`), it builds the launch arguments
+with the backend's own host code (`_lstm_fwd` / `_lstm_bwd`, with the launches
+recorded instead of run), compiles each distinct variant through
 Triton's own dispatch path (`warmup`, with a stand-in driver that names the
 target), and reports what the compiled code uses: registers and spills (the wheel's
 `cuobjdump`, and where in the loops the spill instructions sit), shared
@@ -21,7 +21,9 @@ the longest chain of dependent tensor-core instructions). Each row also
 carries `sass_sha256`, a digest of the SASS instructions alone
 (`sass_digest`), so that two runs can be compared variant by variant: a
 refactoring that should leave the compiled code alone must leave every
-digest unchanged.
+digest unchanged. And `variant_key`, the variant's compile-time flags apart
+from sizes (`variants.variant_key`), which tests/test_triton_twins.py computes
+a twin of under a simulated GPU.
 """
 import hashlib
 import json
@@ -40,47 +42,16 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when 
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from fastlstm.backends.triton import launch, layer  # noqa: E402
-from fastlstm.backends.triton.plan import launch_plan  # noqa: E402
-from fastlstm.kernels import lstm_bwd, lstm_fwd  # noqa: E402
+import variants  # noqa: E402  (tests/variants.py: what to compile)
 
-# What a plan needs to know of each GPU (opt-in shared memory per block, per SM).
+# What compiling needs to know of each GPU beyond its plan's limits (variants.ARCHS).
 GPUS = {
-    "sm_90": dict(cc=90, name="H100", sm_count=132, smem_per_block=227 * 1024, smem_per_sm=228 * 1024),
-    "sm_80": dict(cc=80, name="A100", sm_count=108, smem_per_block=163 * 1024, smem_per_sm=164 * 1024),
+    "sm_90": dict(cc=90, name="H100", smem_per_sm=228 * 1024, **variants.gpu_limits("sm_90")),
+    "sm_80": dict(cc=80, name="A100", smem_per_sm=164 * 1024, **variants.gpu_limits("sm_80")),
 }
-# Largest first: batches that share a plan compile once, at the largest of them.
-BATCHES = (256, 64, 16, 8, 1)
-HIDDENS = (128, 256, 512, 768, 1024)
-# float32 twice: TF32 products (nn.LSTM's default on CUDA) and exact ones.
-DTYPES = (("float32", "tf32"), ("float32", "ieee"), ("float16", None), ("bfloat16", None))
-# Beyond the plain grid: projection and packing, in both kernels.
-EXTRA = ((16, 1024, 256, True), (64, 768, 128, False), (16, 256, 64, True))
-# The streamed-weights control: a layer whose weights cannot stay on chip.
-STREAMED = (16, 2048, 0, False)
 # The spill-location control: a forward forced into heavy spilling (64-row
 # batch tiles, 64 registers), so the check is seen to catch spills in a step.
 SPILL_CONTROL = dict(batch=256, hidden=1024, dtype="bfloat16", precision=None, BLOCK_B=64, maxnreg=64)
-# One-step calls launch the same kernels step-wise (no barrier; one phase per
-# launch): compiled for these layers (the largest plain one, and a projected one).
-ONE_STEP = ((16, 1024, 0, False), (16, 1024, 256, True))
-# float16 compiles to bfloat16's code but for the tensor-core instruction's
-# element type; it is checked at these sizes only, to keep the run short.
-FLOAT16_HIDDENS = (256, 1024)
-# The wave step (`LaunchPlan.step == "wave"`, not the default): a
-# representative subset of training layers (their forward and backward), in
-# float16 at one-tile and many-tile batches and the sizes cuDNN's persistent
-# kernel covers, bfloat16 and TF32 at the largest of them; plus the
-# inference forward of cuDNN's case. sm_80, where shared memory is tightest,
-# compiles the extremes only. (batch, hidden, dtype, precision, training)
-WAVE = {
-    "sm_90": [(b, h, "float16", None, True) for b in (16, 128) for h in (256, 768, 1024)]
-    + [(b, h, d, p, True) for d, p in (("bfloat16", None), ("float32", "tf32"))
-       for b, h in ((16, 768), (16, 1024), (128, 1024))]
-    + [(16, 768, "float16", None, False)],
-    "sm_80": [(16, 768, "float16", None, True), (128, 1024, "float16", None, True),
-              (16, 768, "float32", "tf32", True), (128, 768, "float32", "tf32", True)],
-}
 
 
 class _Target:
@@ -100,68 +71,6 @@ class _Target:
 
     def get_active_torch_device(self):
         return torch.device("cpu")
-
-
-class _Recorder:
-    """Takes the place of a kernel in the backend: records each launch's arguments."""
-
-    def __init__(self, kernel):
-        self.kernel, self.fn, self.launches = kernel, kernel.fn, []
-
-    def __getitem__(self, grid):
-        def record(*args, **kwargs):
-            self.launches.append((grid, dict(zip(launch._param_names(self.kernel), args), **kwargs)))
-
-        return record
-
-
-def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, gpu, steps=2, step="chunked"):
-    """[(kernel, plan, grid, kwargs)] for one layer call on `gpu`, as the backend builds them
-    (`step`: the plan's step body, "chunked" or "wave")."""
-    fwd_rec, bwd_rec = _Recorder(lstm_fwd.lstm_fwd_kernel), _Recorder(lstm_bwd.lstm_bwd_kernel)
-    real = lstm_fwd.lstm_fwd_kernel, lstm_bwd.lstm_bwd_kernel
-    lstm_fwd.lstm_fwd_kernel, lstm_bwd.lstm_bwd_kernel = fwd_rec, bwd_rec
-    try:
-        dt = getattr(torch, dtype)
-        T, B, H, R = steps, batch, hidden, proj or hidden
-        fwd_plan, bwd_plan = (launch_plan(B, H, proj, dt, gpu["sm_count"], gpu["smem_per_block"], training,
-                                          kernel=k, exact_fp32=precision == "ieee", step=step)
-                              for k in ("forward", "backward"))
-        z = lambda *shape: torch.zeros(*shape, dtype=dt)  # noqa: E731
-        lens = torch.full((B,), T, dtype=torch.int32) if packed else None
-        x, h0, c0, w_ih, w_hh = z(T, B, H), z(B, R), z(B, H), z(4 * H, H), z(4 * H, R)
-        w_hr = z(R, H) if proj else None
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=precision != "ieee"):
-            out, hs, cs, gates, hc, _, _ = layer._lstm_fwd(x, h0, c0, w_ih, w_hh, z(4 * H), w_hr, lens, training,
-                                                           fwd_plan)
-            if training:
-                layer._lstm_bwd(z(T, B, R), z(B, R), z(B, H), x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
-                                (True,) * 7, bwd_plan)
-    finally:
-        lstm_fwd.lstm_fwd_kernel, lstm_bwd.lstm_bwd_kernel = real
-    result = [(real[0], fwd_plan, *launch) for launch in fwd_rec.launches]
-    result += [(real[1], bwd_plan, *launch) for launch in bwd_rec.launches]
-    for _, plan, _, kwargs in result:
-        if kwargs.get("PERSISTENT"):
-            kwargs["launch_cooperative_grid"] = True  # as on a GPU (the recorder saw CPU tensors)
-    return result
-
-
-def _configs(arch):
-    """(batch, hidden, proj, packed, dtype, precision, training, steps, step) to compile."""
-    for dtype, precision in DTYPES:
-        for training in (False, True):
-            for batch in BATCHES:
-                for hidden in FLOAT16_HIDDENS if dtype == "float16" else HIDDENS:
-                    yield batch, hidden, 0, False, dtype, precision, training, 2, "chunked"
-            for batch, hidden, proj, packed in (() if dtype == "float16" else EXTRA) + (STREAMED,):
-                yield batch, hidden, proj, packed, dtype, precision, training, 2, "chunked"
-            for batch, hidden, proj, packed in ONE_STEP:
-                yield batch, hidden, proj, packed, dtype, precision, training, 1, "chunked"
-    # Today's step at cuDNN's case, for the critical-path comparison.
-    yield 16, 768, 0, False, "float16", None, True, 2, "chunked"
-    for batch, hidden, dtype, precision, training in WAVE[arch]:
-        yield batch, hidden, 0, False, dtype, precision, training, 2, "wave"
 
 
 _OPTIONS = ("num_warps", "num_stages", "maxnreg", "launch_cooperative_grid")
@@ -410,6 +319,7 @@ def _compile(kernel, plan, grid, kwargs, arch, gpu, config):
         "shared": compiled.metadata.shared, "tensor_core": sorted(set(_TENSOR_CORE.findall(ptx))),
         "weight_loads_in_loop": weight_loads_in_time_loop(compiled.asm["ttgir"]),
         "sass_sha256": sass_digest(compiled.asm["cubin"]),
+        "variant_key": variants.variant_key(kernel, dtype, kwargs),
         "compile_seconds": round(seconds, 2), "control": None,
     }
 
@@ -418,8 +328,8 @@ def compile_all(arch: str):
     gpu = GPUS[arch]
     driver.set_active(_Target(gpu["cc"]))
     seen = set()
-    for config in _configs(arch):
-        for kernel, plan, grid, kwargs in _launch_arguments(*config[:7], gpu, steps=config[7], step=config[8]):
+    for config in variants.configs(arch):
+        for kernel, plan, grid, kwargs in variants.launch_arguments(config, arch):
             kwargs = dict(kwargs, UPCAST_DOT=False)
             constexprs = {p.name for p in kernel.params if p.is_constexpr}
             flags = {k: v for k, v in kwargs.items() if k in constexprs or k in _OPTIONS}
@@ -431,7 +341,7 @@ def compile_all(arch: str):
                 yield _compile(kernel, plan, grid, kwargs, arch, gpu, config)
     c = SPILL_CONTROL
     config = (c["batch"], c["hidden"], 0, False, c["dtype"], c["precision"], False, 2, "chunked")
-    kernel, plan, grid, kwargs = _launch_arguments(*config[:7], gpu)[0]
+    kernel, plan, grid, kwargs = variants.launch_arguments(config, arch)[0]
     row = _compile(kernel, plan, grid, dict(kwargs, UPCAST_DOT=False, BLOCK_B=c["BLOCK_B"], maxnreg=c["maxnreg"]),
                    arch, gpu, config)
     yield dict(row, control="spills")

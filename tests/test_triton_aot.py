@@ -23,6 +23,7 @@ import tempfile
 import pytest
 
 pytest.importorskip("triton")
+import variants as variant_list  # noqa: E402  (tests/variants.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARCHS = ("sm_90", "sm_80")
@@ -97,6 +98,20 @@ def test_every_configuration_was_compiled(variants):
         assert one_step == {("lstm_fwd_kernel", "True", "False"), ("lstm_fwd_kernel", "False", "True"),
                             ("lstm_bwd_kernel", "True", "False"), ("lstm_bwd_kernel", "False", "True")}, one_step
         assert len(mine) >= 100, f"{arch}: only {len(mine)} distinct variants"
+
+
+def test_every_compiled_variant_is_one_the_twins_compute(variants):
+    """tests/test_triton_twins.py computes, on a simulated GPU, a twin of every key
+    `variant_list.compiled_keys` gives (the same enumeration this compiled,
+    read in this process under the interpreter); a variant compiled here under
+    another key (a layer compiled outside that enumeration, or keys read
+    differently from compiled and interpreted kernels) would have none."""
+    for arch in ARCHS:
+        compiled = {(v["variant_key"][0], v["variant_key"][1], tuple(tuple(f) for f in v["variant_key"][2]))
+                    for v in variants if v["arch"] == arch}
+        computed = set(variant_list.compiled_keys(arch))
+        assert compiled == computed, (f"{arch}: compiled but not computed: {sorted(compiled - computed)}; "
+                                      f"computed but not compiled: {sorted(computed - compiled)}")
 
 
 def test_no_spill_traffic_inside_a_step(variants, compiled):
