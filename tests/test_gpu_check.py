@@ -38,6 +38,7 @@ def test_dry_run_passes_every_stage_and_writes_as_documented(dry):
         assert (out / name).is_file(), f"{name} missing: {sorted(os.listdir(out))}"
     env = json.loads((out / "environment.json").read_text())
     assert {"torch", "triton", "cudnn", "driver", "gpus", "commit", "cuda_runtime"} <= set(env)
+    assert env["simulated_gpu"] == "H100" and env["gpus"][0]["sm_count"] == 132 and env["tf32"]
     assert "all stages passed" in proc.stdout
 
 
@@ -49,19 +50,31 @@ def test_dry_native_stage_runs_the_native_files_in_shards_and_skips_gpu_only_tes
 
 
 def test_dry_profile_covers_the_gpu_grids_parts(dry):
-    """The gpu-dry grid: the main sweep in three dtypes, every extra sweep (FlashRNN
-    skipped off CUDA, with the reason), warmed first."""
+    """The gpu-dry grid on the simulated H100: the main sweep in three dtypes,
+    every extra sweep (FlashRNN skipped off CUDA, with the reason), warmed first;
+    and the rows of the GPU's paths: the device named, Triton's launch plans,
+    cuDNN's algorithm, peak memory, times from the GPU's events."""
     out = dry[0]
     rows = json.loads((out / "profile.json").read_text())
-    assert {r["dtype"] for r in rows if r["status"] == "ok"} == {"float16", "bfloat16", "float32"}
-    assert any(r["bidirectional"] and r["layers"] == 2 and r["status"] == "ok" for r in rows)
-    assert any(r["packed"] and r["status"] == "ok" for r in rows)
-    assert {r["backend"] for r in rows if r["status"] == "ok"} >= {"jit", "torch", "tutorial", "scripted"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["dtype"] for r in ok} == {"float16", "bfloat16", "float32"}
+    assert any(r["bidirectional"] and r["layers"] == 2 for r in ok)
+    assert any(r["packed"] for r in ok)
+    assert {r["backend"] for r in ok} == {"triton", "jit", "torch", "tutorial", "scripted"}
     flash = [r for r in rows if r["backend"] == "flashrnn"]
     assert flash and all(r["status"] == "skipped" and "CUDA" in r["note"] for r in flash)
+    assert all(r["device_name"] == "NVIDIA H100 80GB HBM3 (simulated)" for r in rows)
+    triton = [r for r in ok if r["backend"] == "triton"]
+    assert triton and all(r["plan"].startswith("forward") for r in triton), [r["plan"] for r in triton]
+    assert any("2 programs" in r["plan"] and "persistent" in r["plan"] for r in triton)
+    assert all(r["cudnn_algo"] in ("standard", "persistent", "persistent-small-h", "persistent-small-h / standard")
+               for r in ok if r["workload"] == "layer"), {r["cudnn_algo"] for r in ok}
+    assert all(r["peak_mem_bytes"] and r["peak_mem_bytes"] > 0 for r in ok), [r["peak_mem_bytes"] for r in ok]
+    assert all(r["ms"] > 0 for r in ok)
     assert len(list(out.glob("profile-*.png"))) == 3 + 4
     warmed = json.loads((out / "warm.json").read_text())
     assert warmed and all(w["status"] == "ok" for w in warmed)
+    assert {w["backend"] for w in warmed} == {"triton"}
 
 
 def test_a_stage_that_times_out_is_recorded_and_the_next_still_runs(tmp_path):

@@ -145,13 +145,12 @@ def shard_jobs(jobs: List[Job], n: int) -> List[List[Job]]:
 def run_jobs(jobs: Iterable[Job], device: str) -> List[dict]:
     """Run each job once in inference and once in training (compiling what it
     needs), printing one JSON record per job as it ends."""
-    import torch
-
+    from ..device import resolve
     from .models import DTYPES, build_model, unavailable_reason
     from .workloads import make_inputs, make_reference_module, make_step
 
     records = []
-    dev = torch.device(device)
+    dev = resolve(device)  # "cuda" names the CPU a simulated GPU stands on (fastlstm.device)
     for backend, dtype, batch, hidden, layers, bidir, packed, T in jobs:
         rec = dict(backend=backend, dtype=dtype, batch=batch, hidden=hidden, layers=layers, bidirectional=bidir,
                    packed=packed, seq_len=T)
