@@ -92,3 +92,49 @@ def test_a_model_holding_fastlstm_compiles_fullgraph_on_cuda():
     names = ["loss"] + [n for n, _ in model.named_parameters()]
     for name, a, b in zip(names, compiled, eager):
         _assert_close(a, b, torch.float32, f"compiled {name}", "triton")
+
+
+def test_concurrent_streams_keep_their_own_workspaces():
+    """Two threads, each on a CUDA stream of its own, run persistent layers at
+    once (the streams may overlap on the GPU): each stream's launches use that
+    stream's workspace (barrier counter and flags), so each gets the answer a
+    lone call gets, and no barrier times out. One workspace shared by the two
+    streams would let one grid's arrivals count for the other's barrier."""
+    import threading
+
+    from fastlstm.backends.triton import raise_barrier_timeouts, workspace
+
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(16, 64).cuda()
+    ours = fastlstm.LSTM.from_torch(ref, backend="triton")
+    xs = [torch.randn(256, 8, 16, device="cuda") for _ in range(2)]
+    with torch.no_grad():
+        alone = [ours(x)[0] for x in xs]
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream() for _ in xs]
+    got, errors = [None, None], []
+    start = threading.Barrier(2)
+
+    def work(i):
+        try:
+            with torch.cuda.stream(streams[i]), torch.no_grad():
+                start.wait()
+                outs = [ours(xs[i])[0] for _ in range(10)]
+            streams[i].synchronize()
+            got[i] = outs
+        except Exception as e:  # reported in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    raise_barrier_timeouts("cuda")
+    keys = {key for key in workspace._WORKSPACES if key[0].type == "cuda"}
+    ids = {s.cuda_stream for s in streams}
+    assert ids <= {key[2] for key in keys}, f"the streams' workspaces: {keys}"
+    for i in range(2):
+        for out in got[i]:
+            torch.testing.assert_close(out, alone[i], rtol=0, atol=0)
