@@ -22,7 +22,7 @@ follows (see `TF32_SETTINGS`):
   torch `torch.backends.cudnn.rnn.fp32_precision`), on by default. nn.LSTM on
   CUDA follows it for all its GEMMs, and fastlstm's Triton kernels for their
   recurrent products (the rule is the backend's own, `_dot_precision` in
-  `fastlstm.backends.triton`, reused here).
+  `fastlstm.backends.triton.plan`, reused here).
 - "matmul": `torch.backends.cuda.matmul` (off by default), which every torch
   GEMM on CUDA follows: fastlstm's host GEMMs (the input projection, the weight
   gradients), the jit backend's products, the Python-loop baselines and

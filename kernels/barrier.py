@@ -4,7 +4,8 @@ No host-device synchronisation: a persistent launch's barrier counter and
 error flags live in a workspace (`_WS_*`) that the launch leaves at zero for
 the next one (`_end_launch`); a launch whose barrier timed out writes NaN
 into its outputs (`_launch_failed`) and adds one to a sticky count that the
-host reads later without waiting (fastlstm.backends.triton, `_Workspace`).
+host reads later without waiting (fastlstm.backends.triton.workspace,
+`_Workspace`).
 """
 import triton
 import triton.language as tl
@@ -64,7 +65,7 @@ def _end_launch(p_ws):
     """The last program to finish a persistent launch resets the workspace for
     the next launch: the barrier counter, the exit count and the launch's error
     flag go back to zero, and a set error flag adds one to the sticky count
-    that the host checks (fastlstm.backends.triton, `_Workspace`).
+    that the host checks (fastlstm.backends.triton.workspace, `_Workspace`).
 
     Memory ordering: each program calls this after its last barrier and after
     `_launch_failed`; its exit is an acq_rel add, so the program that counts the

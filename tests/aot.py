@@ -40,7 +40,8 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when 
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from fastlstm.backends import triton as tb  # noqa: E402
+from fastlstm.backends.triton import launch, layer  # noqa: E402
+from fastlstm.backends.triton.plan import launch_plan  # noqa: E402
 from fastlstm.kernels import lstm_bwd, lstm_fwd  # noqa: E402
 
 # What a plan needs to know of each GPU (opt-in shared memory per block, per SM).
@@ -109,7 +110,7 @@ class _Recorder:
 
     def __getitem__(self, grid):
         def record(*args, **kwargs):
-            self.launches.append((grid, dict(zip(tb._param_names(self.kernel), args), **kwargs)))
+            self.launches.append((grid, dict(zip(launch._param_names(self.kernel), args), **kwargs)))
 
         return record
 
@@ -123,19 +124,19 @@ def _launch_arguments(batch, hidden, proj, packed, dtype, precision, training, g
     try:
         dt = getattr(torch, dtype)
         T, B, H, R = steps, batch, hidden, proj or hidden
-        fwd_plan, bwd_plan = (tb.launch_plan(B, H, proj, dt, gpu["sm_count"], gpu["smem_per_block"], training,
-                                             kernel=k, exact_fp32=precision == "ieee", step=step)
+        fwd_plan, bwd_plan = (launch_plan(B, H, proj, dt, gpu["sm_count"], gpu["smem_per_block"], training,
+                                          kernel=k, exact_fp32=precision == "ieee", step=step)
                               for k in ("forward", "backward"))
         z = lambda *shape: torch.zeros(*shape, dtype=dt)  # noqa: E731
         lens = torch.full((B,), T, dtype=torch.int32) if packed else None
         x, h0, c0, w_ih, w_hh = z(T, B, H), z(B, R), z(B, H), z(4 * H, H), z(4 * H, R)
         w_hr = z(R, H) if proj else None
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=precision != "ieee"):
-            out, hs, cs, gates, hc, _, _ = tb._lstm_fwd(x, h0, c0, w_ih, w_hh, z(4 * H), w_hr, lens, training,
-                                                        fwd_plan)
+            out, hs, cs, gates, hc, _, _ = layer._lstm_fwd(x, h0, c0, w_ih, w_hh, z(4 * H), w_hr, lens, training,
+                                                           fwd_plan)
             if training:
-                tb._lstm_bwd(z(T, B, R), z(B, R), z(B, H), x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
-                             (True,) * 7, bwd_plan)
+                layer._lstm_bwd(z(T, B, R), z(B, R), z(B, H), x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
+                                (True,) * 7, bwd_plan)
     finally:
         lstm_fwd.lstm_fwd_kernel, lstm_bwd.lstm_bwd_kernel = real
     result = [(real[0], fwd_plan, *launch) for launch in fwd_rec.launches]

@@ -84,7 +84,7 @@ def test_tolerances_grow_with_the_unit_roundoff(check):
 
 def test_the_rnn_rule_is_the_triton_backends():
     pytest.importorskip("triton")
-    from fastlstm.backends.triton import _dot_precision
+    from fastlstm.backends.triton.plan import _dot_precision
 
     for flag in (True, False):
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=flag):

@@ -43,6 +43,9 @@ from helpers import Case, assert_same, run
 
 triton = pytest.importorskip("triton")
 from fastlstm.backends import triton as tb  # noqa: E402
+from fastlstm.backends.triton import launch as tb_launch  # noqa: E402
+from fastlstm.backends.triton import layer as tb_layer  # noqa: E402
+from fastlstm.backends.triton import plan as tb_plan  # noqa: E402
 from fastlstm.kernels import lstm_bwd as k_bwd  # noqa: E402
 from fastlstm.kernels import lstm_fwd as k_fwd  # noqa: E402
 
@@ -71,17 +74,18 @@ def _nan_buffers(monkeypatch):
     def empty(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(tb, "_empty", empty)
+    monkeypatch.setattr(tb_layer, "_empty", empty)
 
 
 def _use_mode(monkeypatch, mode: str, **changes) -> None:
     """Make the backend plan its launches as `mode` says (see the module doc);
-    `changes` override plan fields of both kernels."""
-    real = tb.plans_for
+    `changes` override plan fields of both kernels. It replaces `plans_for` in
+    `fastlstm.backends.triton.layer`, where the layer looks it up."""
+    real = tb_layer.plans_for
 
     def plans_for(x, hidden, proj, training):
         if mode == "per-step":
-            monkeypatch.setattr(tb, "_MIN_UNITS", 4)
+            monkeypatch.setattr(tb_plan, "_MIN_UNITS", 4)
             args = (x.shape[1], hidden, proj, x.dtype, 10_000, 227 * 1024, training)
             plans = [tb.launch_plan(*args, kernel=k, cooperative=False) for k in ("forward", "backward")]
             plans = [dataclasses.replace(p, persistent=False, block_k=16) for p in plans]
@@ -94,7 +98,7 @@ def _use_mode(monkeypatch, mode: str, **changes) -> None:
                          for p in plans]
         return tuple(p and dataclasses.replace(p, **changes) for p in plans)
 
-    monkeypatch.setattr(tb, "plans_for", plans_for)
+    monkeypatch.setattr(tb_layer, "plans_for", plans_for)
 
 
 @pytest.fixture(params=MODES if INTERPRETED else ["persistent"])
@@ -250,8 +254,8 @@ def test_tf32_off_keeps_float32_tight(layer, dtype, monkeypatch):
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         if dtype == torch.float32:
             assert _tolerance(dtype) == answer_tolerance(dtype, "cpu", check="kernel"), "not the tight tolerance"
-            fwd, bwd = tb.plans_for(torch.empty(layer.T, layer.B, layer.I, dtype=dtype, device=DEVICE),
-                                    layer.H, layer.proj, True)
+            fwd, bwd = tb_layer.plans_for(torch.empty(layer.T, layer.B, layer.I, dtype=dtype, device=DEVICE),
+                                          layer.H, layer.proj, True)
             if not INTERPRETED:
                 assert not fwd.w_resident and not bwd.w_resident, f"exact float32 keeps W on chip: {fwd}"
         _check_layer(layer, dtype)
@@ -301,8 +305,8 @@ def test_several_batch_blocks_and_k_chunks(case, mode):
     """Shapes that need more than one batch tile per step, and (in the per-step
     and streamed modes) several K chunks per product."""
     layer, dtype = case
-    fwd, bwd = tb.plans_for(torch.empty(layer.T, layer.B, layer.I, dtype=dtype, device=DEVICE), layer.H, layer.proj,
-                            True)
+    fwd, bwd = tb_layer.plans_for(torch.empty(layer.T, layer.B, layer.I, dtype=dtype, device=DEVICE), layer.H,
+                                  layer.proj, True)
     R = layer.proj or layer.H
     assert -(-layer.B // fwd.block_b) > 1, f"one batch tile only: {fwd}"
     if mode != "persistent":
@@ -450,7 +454,7 @@ class _Recorder:
         launch = self.kernel[grid]
 
         def run(*args, **kwargs):
-            named = dict(zip(tb._param_names(self.kernel), args), **kwargs)
+            named = dict(zip(tb_launch._param_names(self.kernel), args), **kwargs)
             self.launches.append(dict(named, grid=grid))
             return launch(*args, **kwargs)
 
@@ -503,7 +507,7 @@ def test_persistent_launches_split_where_the_barrier_counter_would_overflow(reco
     than it allows runs in several persistent launches, in time order (the
     backward from the last steps down)."""
     _use_mode(monkeypatch, "persistent")
-    monkeypatch.setattr(tb, "_MAX_ARRIVALS", 6)  # one program: 6 or 3 steps a launch
+    monkeypatch.setattr(tb_launch, "_MAX_ARRIVALS", 6)  # one program: 6 or 3 steps a launch
     fwd, bwd = recorded
     _check_layer(Layer(T=8, B=3, I=2, H=5, proj=proj, packed=True), torch.float32)
     n = 3 if proj else 6
@@ -532,7 +536,7 @@ def test_barrier_counts_every_arrival_and_flags_a_timeout(monkeypatch):
     if not INTERPRETED:
         pytest.skip("the timeout needs a grid that is not co-resident: the interpreter's")
     assert tb.barrier_loop(1, 5, DEVICE).tolist() == [5, 0]
-    monkeypatch.setattr(tb, "_MAX_SPIN", 10)
+    monkeypatch.setattr(tb_launch, "_MAX_SPIN", 10)
     arrivals, err = tb.barrier_loop(2, 3, DEVICE).tolist()
     assert arrivals == 6 and err == 1
 
@@ -553,7 +557,7 @@ def test_column_masks_are_dropped_only_where_the_k_chunk_divides_the_sizes(recor
 def test_the_interpreter_plans_one_program_even_for_cuda_tensors():
     """The interpreter runs a grid's programs one after another whatever the
     tensors' device, so a multi-program persistent grid would spin there."""
-    assert tb._device_limits.__wrapped__(torch.device("cuda", 0)) == (1, 227 * 1024, False)
+    assert tb_plan._device_limits.__wrapped__(torch.device("cuda", 0)) == (1, 227 * 1024, False)
 
 
 def test_per_step_fallback_on_a_gpu_compiles_once_and_launches_the_compiled_kernel():
@@ -582,9 +586,9 @@ def test_per_step_fallback_on_a_gpu_compiles_once_and_launches_the_compiled_kern
             raise AssertionError("the per-step loop must not go through Triton's dispatcher")
 
     kernel = Kernel()
-    names = tb._param_names(kernel)
+    names = tb_launch._param_names(kernel)
     params = dict.fromkeys(names, 0)
-    launcher = tb._StepLauncher(kernel, (5,), params, {"num_warps": 8}, stream=1234)
+    launcher = tb_launch._StepLauncher(kernel, (5,), params, {"num_warps": 8}, stream=1234)
     for t in range(3):
         launcher(t, t + 1)
     assert warmed == [((5, 1, 1), {"num_warps": 8})], "compiled once, for a padded 3-d grid"
@@ -602,9 +606,9 @@ def test_barrier_timeout_gives_nan_and_an_error_naming_the_shape_at_the_next_cal
     device works again."""
     if not INTERPRETED:
         pytest.skip("on a GPU the persistent grid is co-resident; the interpreter is not")
-    monkeypatch.setattr(tb, "_MAX_SPIN", 20)
-    monkeypatch.setattr(tb, "_MIN_UNITS", 4)
-    real = tb.plans_for
+    monkeypatch.setattr(tb_launch, "_MAX_SPIN", 20)
+    monkeypatch.setattr(tb_plan, "_MIN_UNITS", 4)
+    real = tb_layer.plans_for
     broken = [True]
 
     def plans_for(x, hidden, proj, training):
@@ -617,9 +621,9 @@ def test_barrier_timeout_gives_nan_and_an_error_naming_the_shape_at_the_next_cal
         assert all(p.persistent and p.grid[0] > 1 for p in bad)
         return (bad[0], bad[1]) if which == "forward" else (good[0], bad[1])
 
-    monkeypatch.setattr(tb, "plans_for", plans_for)
+    monkeypatch.setattr(tb_layer, "plans_for", plans_for)
     # Buffers start as zeros here, not NaN: the NaN must be the kernel's.
-    monkeypatch.setattr(tb, "_empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
+    monkeypatch.setattr(tb_layer, "_empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
     layer = Layer(T=3, B=2, I=3, H=7, proj=proj)
     R = proj or 7
     inputs = {k: (v.to(device=DEVICE, dtype=torch.float32).requires_grad_() if v is not None else None)
@@ -647,7 +651,7 @@ def test_float32_products_follow_cudnns_tf32_flag(recorded, monkeypatch, flag):
     that the setting reaches the kernels.)"""
     _use_mode(monkeypatch, "persistent")
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=flag):
-        assert tb._dot_precision(torch.float32) == ("tf32" if flag else "ieee")
+        assert tb_plan._dot_precision(torch.float32) == ("tf32" if flag else "ieee")
         _train_once(Layer(T=2, B=2, I=3, H=5))
         _train_once(Layer(T=2, B=2, I=3, H=5), dtype=torch.bfloat16)
     fwd, bwd = recorded
@@ -662,9 +666,9 @@ def test_tf32_flag_is_read_through_the_new_api():
     before = rnn.fp32_precision
     try:
         rnn.fp32_precision = "ieee"
-        assert tb._dot_precision(torch.float32) == "ieee"
+        assert tb_plan._dot_precision(torch.float32) == "ieee"
         rnn.fp32_precision = "tf32"
-        assert tb._dot_precision(torch.float32) == "tf32"
+        assert tb_plan._dot_precision(torch.float32) == "tf32"
     finally:
         rnn.fp32_precision = before
 
@@ -685,7 +689,7 @@ def test_plan_is_persistent_with_weights_on_chip_up_to_1024_on_an_h100(dtype, tr
             p = tb.launch_plan(B, H, 0, dtype, **H100, training=training, kernel=kernel)
             assert p.persistent and p.w_resident, f"B={B} H={H}: {p}"
             assert p.grid[0] <= 132 and p.grid[0] * p.block_h >= H > (p.grid[0] - 1) * p.block_h, p
-            assert p.smem_bytes + tb._SMEM_SLACK <= 227 * 1024 and p.num_stages == 1, p
+            assert p.smem_bytes + tb_plan._SMEM_SLACK <= 227 * 1024 and p.num_stages == 1, p
             assert p.block_b <= max(16, B) * 2 and p.block_k >= 16, p
 
 

@@ -19,6 +19,7 @@ from fastlstm.backends import jit as jb
 
 triton = pytest.importorskip("triton")
 from fastlstm.backends import triton as tb  # noqa: E402
+from fastlstm.backends.triton import workspace as tb_workspace  # noqa: E402
 from fastlstm.kernels import barrier as k_barrier  # noqa: E402
 from fastlstm.kernels import lstm_bwd as k_bwd  # noqa: E402
 from fastlstm.kernels import lstm_fwd as k_fwd  # noqa: E402
@@ -180,13 +181,13 @@ def test_workspace_is_left_at_zero_and_reused(watched):
     at its end: the next launch finds zeros, with no host zeroing between."""
     inputs = _layer_inputs(6)
     tb.lstm_layer_triton(*inputs)
-    ws = tb._workspace(torch.device(DEVICE))
+    ws = tb_workspace._workspace(torch.device(DEVICE))
     timeouts = int(ws.buf[3])  # the sticky count: what earlier tests' timeouts left (never reset)
     assert ws.buf.tolist() == [0, 0, 0, timeouts]
     (out, h, c), ops = _call(watched, lambda: tb.lstm_layer_triton(*inputs))
     assert "zeros" not in ops and "zero_" not in ops and "fill_" not in ops, ops
     assert ws.buf.tolist() == [0, 0, 0, timeouts]
-    assert tb._workspace(torch.device(DEVICE)) is ws
+    assert tb_workspace._workspace(torch.device(DEVICE)) is ws
 
 
 def test_jit_off_the_cpu_checks_the_weights_range_on_the_device():
@@ -332,8 +333,8 @@ def _cuda_workspace_on_the_cpu(monkeypatch):
 
     real_zeros = torch.zeros
     # The stand-in workspaces must not outlive the test in the backend's registries.
-    monkeypatch.setattr(tb, "_UNCHECKED", set())
-    monkeypatch.setattr(tb, "_WORKSPACES", {})
+    monkeypatch.setattr(tb_workspace, "_UNCHECKED", set())
+    monkeypatch.setattr(tb_workspace, "_WORKSPACES", {})
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
@@ -341,7 +342,7 @@ def _cuda_workspace_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch, "zeros", lambda *a, pin_memory=False, **k: real_zeros(*a, **k))
 
     def make():
-        ws = tb._Workspace(torch.device("cpu"))
+        ws = tb_workspace._Workspace(torch.device("cpu"))
         ws.on_cpu, ws.flag = False, None  # the CUDA branch
         return ws
 
@@ -374,7 +375,7 @@ def test_raise_barrier_timeouts_sees_a_launch_behind_a_copy_in_flight(monkeypatc
     device, raise_barrier_timeouts must report it (it reads the count itself)."""
     make, Event = _cuda_workspace_on_the_cpu(monkeypatch)
     ws = make()
-    tb._WORKSPACES[(torch.device("cpu"), -1)] = ws
+    tb_workspace._WORKSPACES[(torch.device("cpu"), -1)] = ws
     Event.done = False
     ws.launched(_LAUNCH)
     ws.buf[k_barrier._WS_STICKY.value] += 1  # layer 2's launch times out
@@ -389,8 +390,8 @@ def test_the_host_reads_the_sticky_count_and_never_writes_it(monkeypatch):
     """Each timeout adds one to the count on the device; the host raises when it
     sees the count grow, and writes nothing back (a write from the host could
     wipe a timeout of a launch queued after the copy it read)."""
-    monkeypatch.setattr(tb, "_UNCHECKED", set())
-    ws = tb._Workspace(torch.device("cpu"))
+    monkeypatch.setattr(tb_workspace, "_UNCHECKED", set())
+    ws = tb_workspace._Workspace(torch.device("cpu"))
     sticky = k_barrier._WS_STICKY.value
     ws.launched(_LAUNCH)
     ws.buf[sticky] += 1

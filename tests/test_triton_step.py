@@ -25,6 +25,9 @@ from test_triton_backend import (  # noqa: F401  (fixtures: _nan_buffers, autous
 
 triton = pytest.importorskip("triton")
 from fastlstm.backends import triton as tb  # noqa: E402
+from fastlstm.backends.triton import launch as tb_launch  # noqa: E402
+from fastlstm.backends.triton import layer as tb_layer  # noqa: E402
+from fastlstm.backends.triton import plan as tb_plan  # noqa: E402
 
 WAVE_MODES = {
     "wave": ("persistent", dict(step="wave", block_k=16, wave_k=64)),
@@ -86,7 +89,8 @@ def test_several_batch_tiles_and_k_chunks(wave_mode, layer, dtype, monkeypatch):
     carried across the barrier) and several K chunks a product (the per-step
     mode: its first layer only, for time)."""
     _use_wave_mode(monkeypatch, wave_mode)
-    fwd, bwd = tb.plans_for(torch.empty(layer.T, layer.B, layer.I, dtype=dtype), layer.H, layer.proj, True)
+    fwd, bwd = tb_layer.plans_for(torch.empty(layer.T, layer.B, layer.I, dtype=dtype), layer.H, layer.proj,
+                                  True)
     assert fwd.step == bwd.step == "wave", fwd
     assert -(-layer.B // fwd.block_b) > 1, f"one batch tile only: {fwd}"
     R = layer.proj or layer.H
@@ -112,7 +116,7 @@ def test_no_grad_forward_matches(packed, proj, wave_mode):
 
 @pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
 def test_wave_launch_count_does_not_grow_with_T(recorded, monkeypatch, proj):
-    monkeypatch.setenv(tb._STEP_ENV, "wave")
+    monkeypatch.setenv(tb_plan._STEP_ENV, "wave")
     _use_mode(monkeypatch, "persistent")
     fwd, bwd = recorded
     counts = []
@@ -133,15 +137,15 @@ def test_the_environment_chooses_the_step(recorded, monkeypatch):
     seen = []
     for value in (None, "chunked", "wave"):
         if value is None:
-            monkeypatch.delenv(tb._STEP_ENV, raising=False)
+            monkeypatch.delenv(tb_plan._STEP_ENV, raising=False)
         else:
-            monkeypatch.setenv(tb._STEP_ENV, value)
+            monkeypatch.setenv(tb_plan._STEP_ENV, value)
         fwd.launches.clear()
         bwd.launches.clear()
         _train_once(Layer(T=3, B=2, I=3, H=5))
         seen.append({(launch["STEP_WAVE"], launch["ONE_TILE"]) for launch in fwd.launches + bwd.launches})
     assert seen == [{(False, False)}, {(False, False)}, {(True, True)}], seen
-    monkeypatch.setenv(tb._STEP_ENV, "fast")
+    monkeypatch.setenv(tb_plan._STEP_ENV, "fast")
     with pytest.raises(ValueError, match="FASTLSTM_TRITON_STEP must be 'chunked' or 'wave', got 'fast'"):
         _train_once(Layer(T=3, B=2, I=3, H=5))
 
@@ -154,7 +158,7 @@ def test_the_environment_chooses_the_step(recorded, monkeypatch):
 def test_the_plan_keeps_todays_step_by_default():
     for kernel in ("forward", "backward"):
         p = tb.launch_plan(16, 768, 0, torch.float16, **H100, training=True, kernel=kernel)
-        assert (p.step, p.wave_k, p.maxnreg) == ("chunked", 0, tb._MAXNREG_RESIDENT), p
+        assert (p.step, p.wave_k, p.maxnreg) == ("chunked", 0, tb_plan._MAXNREG_RESIDENT), p
 
 
 def test_wave_plan_examples():
@@ -164,7 +168,7 @@ def test_wave_plan_examples():
     b = tb.launch_plan(16, 768, 0, torch.float16, **H100, training=True, kernel="backward", step="wave")
     assert (f.grid, f.block_h, f.block_b, f.block_k) == ((96,), 8, 16, 128)
     assert f.wave_k >= 6 and b.wave_k >= 24, (f, b)
-    assert f.maxnreg == b.maxnreg == tb._MAXNREG_WAVE
+    assert f.maxnreg == b.maxnreg == tb_plan._MAXNREG_WAVE
     assert "wave step (24 chunks in flight)" in str(b)
     # The wave backward runs 16-row tiles (a 32-row tile's pointwise inputs
     # load one after another); the forward keeps 32.
@@ -177,7 +181,7 @@ def test_wave_plan_examples():
     # The wave bytes fit beside the weights in shared memory.
     a100 = dict(sm_count=108, smem_per_block=163 * 1024)
     p = tb.launch_plan(32, 1024, 0, torch.float16, **a100, training=True, kernel="backward", step="wave")
-    assert p.smem_bytes + tb._SMEM_SLACK + p.wave_k * p.block_b * p.block_k * 2 <= 163 * 1024, p
+    assert p.smem_bytes + tb_plan._SMEM_SLACK + p.wave_k * p.block_b * p.block_k * 2 <= 163 * 1024, p
     # Streamed weights have no resident tiles to multiply: the plan keeps today's step.
     p = tb.launch_plan(16, 4096, 0, torch.float32, **H100, training=False, step="wave")
     assert not p.w_resident and (p.step, p.wave_k) == ("chunked", 0), p
@@ -196,9 +200,9 @@ def test_wave_barrier_timeout_gives_nan_and_the_named_error(monkeypatch, which):
     and the host raises the named error (here asked for at once)."""
     if not INTERPRETED:
         pytest.skip("on a GPU the persistent grid is co-resident; the interpreter is not")
-    monkeypatch.setattr(tb, "_MAX_SPIN", 20)
-    monkeypatch.setattr(tb, "_MIN_UNITS", 4)
-    real = tb.plans_for
+    monkeypatch.setattr(tb_launch, "_MAX_SPIN", 20)
+    monkeypatch.setattr(tb_plan, "_MIN_UNITS", 4)
+    real = tb_layer.plans_for
 
     def plans_for(x, hidden, proj, training):
         args = (x.shape[1], hidden, proj, x.dtype, 10_000, 227 * 1024, training)
@@ -207,9 +211,9 @@ def test_wave_barrier_timeout_gives_nan_and_the_named_error(monkeypatch, which):
         good = real(x, hidden, proj, training)
         return (bad[0], bad[1]) if which == "forward" else (good[0], bad[1])
 
-    monkeypatch.setattr(tb, "plans_for", plans_for)
+    monkeypatch.setattr(tb_layer, "plans_for", plans_for)
     # Buffers start as zeros here, not NaN: the NaN must be the kernel's.
-    monkeypatch.setattr(tb, "_empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
+    monkeypatch.setattr(tb_layer, "_empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
     inputs = {k: (v.to(device=DEVICE, dtype=torch.float32).requires_grad_() if v is not None else None)
               for k, v in Layer(T=3, B=2, I=3, H=7).inputs().items()}
     out, h_n, c_n = tb.lstm_layer_triton(*inputs.values())
@@ -231,8 +235,8 @@ def test_units_per_program_can_be_asked_for(monkeypatch):
     with pytest.raises(ValueError, match="units must be >= 0"):
         tb.launch_plan(16, 768, 0, torch.float16, **H100, training=True, units=-1)
     x = torch.empty(3, 2, 4)
-    monkeypatch.setenv(tb._UNITS_ENV, "64")  # the interpreter's plan alone gives 32 at H = 20
+    monkeypatch.setenv(tb_plan._UNITS_ENV, "64")  # the interpreter's plan alone gives 32 at H = 20
     assert all(p.block_h == 64 for p in tb.plans_for(x, 20, 0, True))
-    monkeypatch.setenv(tb._UNITS_ENV, "wide")
+    monkeypatch.setenv(tb_plan._UNITS_ENV, "wide")
     with pytest.raises(ValueError, match="FASTLSTM_TRITON_UNITS must be a whole number"):
         tb.plans_for(x, 40, 0, True)
