@@ -27,8 +27,9 @@ memory. Each step runs the same step body in every mode:
                  step. The host launches it cooperatively, so every program is
                  resident at once (a spin barrier would deadlock otherwise).
     per step     t1 = t0 + 1; the launch boundary is the barrier. The
-                 fallback, and how the interpreter runs multi-program grids
-                 (it runs programs one after another, so a spin would hang).
+                 fallback where a grid cannot be launched cooperatively.
+                 (In Triton's interpreter a persistent grid's programs run as
+                 turn-taking threads: fastlstm.backends.triton.interpreter.)
 
 A step is one phase without projection, two with it (the projection needs all
 of o * tanh(c), which other programs write): the forward's cell phase (CELL)
@@ -72,7 +73,7 @@ Two step bodies, chosen by the host plan (`LaunchPlan.step`; STEP_WAVE):
 
 Per-step budget at fp16, B=16, H=768 (96 programs x 8 units, W resident,
 48 KiB a program), from the sm_90 SASS (tests/aot.py, `step_critical_path`)
-and the H200 measurements of ../shared/GPU_DESIGN.md; a dependent L2 round
+and the H200 measurements of docs/gpu.md; a dependent L2 round
 trip is taken as 0.4-0.5 us (what makes today's counts add up to the
 measured 4.3 us), the barrier as its measured 0.95 us:
 
