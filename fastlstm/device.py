@@ -426,6 +426,11 @@ def gpu(x: DeviceLike) -> Optional[GPU]:
     return None
 
 
+def _check_cuda_index(name: str, dev: torch.device) -> None:
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+
+
 def gpu_available() -> bool:
     """Whether there is a GPU to run on: CUDA, or a simulated one."""
     return simulated() is not None or torch.cuda.is_available()
@@ -458,8 +463,7 @@ def resolve(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r}: no CUDA device here (torch {torch.__version__}, "
                              "torch.cuda.is_available() is False)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+        _check_cuda_index(name, dev)
     elif dev.type != "cpu":
         raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
     return dev

@@ -130,12 +130,8 @@ def launch_arguments(config: Config, arch: str) -> List[tuple]:
         if training:
             layer._lstm_bwd(z(T, B, R), z(B, R), z(B, H), x, h0, w_ih, w_hh, w_hr, hs, cs, gates, hc, lens,
                             (True,) * 7, bwd_plan)
-    result = [(kernel, fwd_plan if i < n_fwd else bwd_plan, grid, kwargs)
-              for i, (kernel, grid, kwargs) in enumerate(seen)]
-    for _, plan, _, kwargs in result:
-        if kwargs.get("PERSISTENT"):
-            kwargs["launch_cooperative_grid"] = True  # as on a GPU (the recorder saw CPU tensors)
-    return result
+    return [(kernel, fwd_plan if i < n_fwd else bwd_plan, grid, kwargs)
+            for i, (kernel, grid, kwargs) in enumerate(seen)]
 
 
 def constexpr_names(kernel) -> set:

@@ -45,7 +45,13 @@ def _kernel_launch(kernel, grid: Tuple[int, ...], kwargs: Dict[str, object], coo
                            max_programs=g.properties.sm_count if simulated else None,
                            resident=g.resident if simulated else None)
     else:
-        kernel[grid](**kwargs)
+        _compiled_launch(kernel, grid, kwargs)
+
+
+def _compiled_launch(kernel, grid: Tuple[int, ...], kwargs: Dict[str, object]) -> None:
+    """A launch on a GPU, through Triton's dispatcher (which compiles the variant
+    on first use; a persistent one has `launch_cooperative_grid`)."""
+    kernel[grid](**kwargs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,8 +126,9 @@ class _Prepared:
         self.phases = phases
         if self.persistent:
             switches = {k: any(p[k] for p in phases) for k in phases[0]}
-            if gpu(device) is not None and not _interpreting():
-                options = dict(options, launch_cooperative_grid=True)
+            # Cooperative on a GPU (CUDA refuses a grid that cannot be co-resident);
+            # the interpreter takes no such option and ignores it.
+            options = dict(options, launch_cooperative_grid=True)
             per_launch = max(1, _MAX_ARRIVALS // (plan.grid[0] * len(phases)))
             starts = list(range(0, steps, per_launch))
             # Each launch leaves the workspace's counter at zero for the next
@@ -162,8 +169,7 @@ def barrier_loop(programs: int, steps: int, device) -> Tensor:
     barrier `steps` times and do nothing else; the barrier microbenchmark.
     Returns the (2,) int32 [arrivals, error flag] buffer, without waiting."""
     sync = torch.zeros(2, dtype=torch.int32, device=device)
-    options = {"launch_cooperative_grid": True} if gpu(device) is not None and not _interpreting() else {}
     _kernel_launch(_barrier.barrier_loop_kernel, (programs,),
-                   dict(p_sync=sync[0:1], p_err=sync[1:2], steps=steps, max_spin=_MAX_SPIN, num_warps=4, **options),
-                   True, sync.device)
+                   dict(p_sync=sync[0:1], p_err=sync[1:2], steps=steps, max_spin=_MAX_SPIN, num_warps=4,
+                        launch_cooperative_grid=True), True, sync.device)
     return sync
